@@ -1,0 +1,50 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Each sets up what it needs: Debian packages (when missing) and the .venv.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEB_PACKAGES := flashrom qemu-system-x86 ovmf
+DEMO_ARGS ?= --nodes 8 --boards 2 --corrupt 3 --json demo-out/report.json
+
+.PHONY: demo test lint typecheck unit sysdeps venv bench clean
+
+demo: venv
+	$(BIN)/fwrescue demo $(DEMO_ARGS)
+
+test: sysdeps venv lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+bench: sysdeps venv
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Debian packages for the real-component tests; installed only when missing.
+sysdeps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build dist demo-out src/*.egg-info

@@ -1,0 +1,3 @@
+"""fwrescue: self-healing server firmware across a fleet."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,374 @@
+"""Agent configuration: TOML -> frozen dataclasses, every limit named, validated once.
+
+A bad file raises :class:`~fwrescue.errors.ConfigError` naming the key, before
+anything starts. Relative paths are resolved against the config file's folder.
+See ``docs/operations.md`` for a complete annotated example.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fwrescue.errors import ConfigError
+
+__all__ = [
+    "AgentConfig",
+    "DonorSettings",
+    "FlashSettings",
+    "HostSettings",
+    "NetworkSettings",
+    "RedfishSettings",
+    "TargetConfig",
+    "TimerSettings",
+    "load_config",
+    "parse_config",
+]
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Section:
+    """Typed access to one TOML table; every read is checked and unknown keys are refused."""
+
+    def __init__(self, data: object, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"[{where}] must be a table")
+        self._data: dict[str, Any] = data
+        self._where = where
+        self._used: set[str] = set()
+
+    def _get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self._used.add(key)
+        value = self._data.get(key, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) and kind is not bool:
+            raise ConfigError(f"{self._where}.{key} has the wrong type", expected=str(kind))
+        if not isinstance(value, kind):
+            raise ConfigError(f"{self._where}.{key} has the wrong type", expected=str(kind))
+        return value
+
+    def get_str(self, key: str, default: str | None = None) -> Any:
+        return self._get(key, str, default)
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        return bool(self._get(key, bool, default))
+
+    def get_int(self, key: str, default: int, lo: int = 0, hi: int = 2**62) -> int:
+        value = int(self._get(key, int, default))
+        if not lo <= value <= hi:
+            raise ConfigError(f"{self._where}.{key} out of range", value=value, lo=lo, hi=hi)
+        return value
+
+    def get_float(self, key: str, default: float, lo: float = 0.0, hi: float = 1e9) -> float:
+        value = float(self._get(key, (int, float), default))
+        if not lo <= value <= hi:
+            raise ConfigError(f"{self._where}.{key} out of range", value=value, lo=lo, hi=hi)
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.get_str(key, default)
+        if value not in choices:
+            raise ConfigError(f"{self._where}.{key} must be one of {', '.join(choices)}",
+                              value=value)
+        return str(value)
+
+    def path(self, key: str, base: Path, default: str | None = None) -> Path | None:
+        value = self.get_str(key, default)
+        return None if value is None else (base / value).resolve()
+
+    def table(self, key: str) -> _Section:
+        self._used.add(key)
+        return _Section(self._data.get(key, {}), f"{self._where}.{key}")
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        self._used.add(key)
+        return self._data.get(key, default)
+
+    def done(self) -> None:
+        unknown = sorted(set(self._data) - self._used)
+        if unknown:
+            raise ConfigError(f"unknown keys in [{self._where}]", keys=unknown)
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    group: str = "239.255.77.77"
+    port: int = 17700
+    interface: str = "127.0.0.1"
+    transfer_host: str = "127.0.0.1"
+    transfer_port: int = 0
+    fleet_key_file: Path | None = None
+    replay_window_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class TimerSettings:
+    """Negotiation timers (seconds); the shape of RFC 2131's, scaled for a fast LAN."""
+
+    startup_jitter: float = 0.5
+    offer_window: float = 0.4
+    backoff_initial: float = 1.0
+    backoff_max: float = 16.0
+    max_solicits: int = 8
+    accept_timeout: float = 1.0
+    enough_offers: int = 16
+
+
+@dataclass(frozen=True)
+class DonorSettings:
+    enabled: bool = True
+    max_uploads: int = 4
+    lease_s: float = 30.0
+    rate_limit_bps: int = 0  # 0 = unshaped
+
+
+@dataclass(frozen=True)
+class FlashSettings:
+    kind: str  # "file" | "flashrom"
+    path: Path | None = None  # file backend: the raw image; flashrom dummy: its image file
+    programmer: str | None = None  # flashrom programmer string
+    chip_size: int = 0  # file backend: size of the chip (0 = the file's size)
+    region_offset: int = 0
+    region_size: int = 0  # 0 = to the end of the chip
+    timing_chip: str | None = None  # timing model of a real part, e.g. "W25Q256JV"
+    timing_scale: float = 0.0
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    kind: str = "virtual"  # "virtual" | "qemu" | "none"
+    flash_mode: str = "dc-off"  # "dc-off" | "dc-on"
+    boot_timeout: float = 30.0
+    boot_pattern: str = r"Shell>|UEFI Interactive Shell"
+    vars_path: Path | None = None
+    accel: str = "auto"
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One managed firmware target: the host BIOS, or a device served by proxy."""
+
+    name: str
+    flash: FlashSettings
+    host: HostSettings
+    sources: tuple[Mapping[str, Any], ...] = ()
+    network: bool = True  # solicit donors when no predetermined source has a package
+    check_interval_s: float = 0.0  # periodic integrity check; 0 = off
+
+
+@dataclass(frozen=True)
+class RedfishSettings:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: bool = True
+    users: tuple[tuple[str, str, str], ...] = ()  # (name, password, role)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_id: str
+    machine_name: str
+    state_dir: Path
+    trust: tuple[Path, ...]
+    topology: str = ""
+    policy: str = "newest"
+    policy_options: Mapping[str, Any] = field(default_factory=dict)
+    network: NetworkSettings = NetworkSettings()
+    timers: TimerSettings = TimerSettings()
+    donor: DonorSettings = DonorSettings()
+    targets: tuple[TargetConfig, ...] = ()
+    redfish: RedfishSettings = RedfishSettings()
+    max_image_size: int = 64 * 1024 * 1024
+
+
+def _identifier(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ConfigError(f"{where} must be 1-64 of [A-Za-z0-9._-]", value=value)
+    return value
+
+
+def _network(s: _Section, base: Path) -> NetworkSettings:
+    group = s.get_str("group", NetworkSettings.group)
+    try:
+        if not ipaddress.ip_address(group).is_multicast:
+            raise ConfigError("network.group must be a multicast address", value=group)
+        ipaddress.ip_address(s.get_str("interface", NetworkSettings.interface))
+    except ValueError as e:
+        raise ConfigError("network addresses must be IP literals", detail=str(e)) from e
+    result = NetworkSettings(
+        group=group,
+        port=s.get_int("port", NetworkSettings.port, 1, 65535),
+        interface=s.get_str("interface", NetworkSettings.interface),
+        transfer_host=s.get_str("transfer_host", NetworkSettings.transfer_host),
+        transfer_port=s.get_int("transfer_port", 0, 0, 65535),
+        fleet_key_file=s.path("fleet_key_file", base),
+        replay_window_s=s.get_float("replay_window_s", 30.0, 1.0, 3600.0),
+    )
+    s.done()
+    return result
+
+
+def _timers(s: _Section) -> TimerSettings:
+    d = TimerSettings()
+    result = TimerSettings(
+        startup_jitter=s.get_float("startup_jitter", d.startup_jitter, 0, 60),
+        offer_window=s.get_float("offer_window", d.offer_window, 0, 60),
+        backoff_initial=s.get_float("backoff_initial", d.backoff_initial, 0.01, 600),
+        backoff_max=s.get_float("backoff_max", d.backoff_max, 0.01, 3600),
+        max_solicits=s.get_int("max_solicits", d.max_solicits, 1, 1000),
+        accept_timeout=s.get_float("accept_timeout", d.accept_timeout, 0.01, 600),
+        enough_offers=s.get_int("enough_offers", d.enough_offers, 1, 1000),
+    )
+    s.done()
+    return result
+
+
+def _donor(s: _Section) -> DonorSettings:
+    result = DonorSettings(
+        enabled=s.get_bool("enabled", True),
+        max_uploads=s.get_int("max_uploads", 4, 1, 1024),
+        lease_s=s.get_float("lease_s", 30.0, 1.0, 3600.0),
+        rate_limit_bps=s.get_int("rate_limit_bps", 0, 0, 10**11),
+    )
+    s.done()
+    return result
+
+
+def _flash(s: _Section, base: Path) -> FlashSettings:
+    kind = s.choice("kind", "file", ("file", "flashrom"))
+    result = FlashSettings(
+        kind=kind,
+        path=s.path("path", base),
+        programmer=s.get_str("programmer"),
+        chip_size=s.get_int("chip_size", 0),
+        region_offset=s.get_int("region_offset", 0),
+        region_size=s.get_int("region_size", 0),
+        timing_chip=s.get_str("timing_chip"),
+        timing_scale=s.get_float("timing_scale", 0.0, 0.0, 100.0),
+    )
+    s.done()
+    if kind == "file" and result.path is None:
+        raise ConfigError("a file flash needs flash.path")
+    if kind == "flashrom" and not result.programmer:
+        raise ConfigError("a flashrom flash needs flash.programmer")
+    return result
+
+
+def _host(s: _Section, base: Path) -> HostSettings:
+    d = HostSettings()
+    result = HostSettings(
+        kind=s.choice("kind", d.kind, ("virtual", "qemu", "none")),
+        flash_mode=s.choice("flash_mode", d.flash_mode, ("dc-off", "dc-on")),
+        boot_timeout=s.get_float("boot_timeout", d.boot_timeout, 0.1, 3600),
+        boot_pattern=s.get_str("boot_pattern", d.boot_pattern),
+        vars_path=s.path("vars_path", base),
+        accel=s.choice("accel", d.accel, ("auto", "kvm", "tcg")),
+    )
+    s.done()
+    try:
+        re.compile(result.boot_pattern)
+    except re.error as e:
+        raise ConfigError("host.boot_pattern is not a valid regular expression") from e
+    return result
+
+
+def _target(data: object, base: Path, index: int) -> TargetConfig:
+    s = _Section(data, f"targets[{index}]")
+    sources = s.raw("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(x, dict) for x in sources):
+        raise ConfigError(f"targets[{index}].sources must be a list of tables")
+    resolved = []
+    for spec in sources:
+        spec = dict(spec)
+        if isinstance(spec.get("path"), str):
+            spec["path"] = str((base / spec["path"]).resolve())
+        resolved.append(spec)
+    result = TargetConfig(
+        name=_identifier(s.get_str("name", "bios"), f"targets[{index}].name"),
+        flash=_flash(s.table("flash"), base),
+        host=_host(s.table("host"), base),
+        sources=tuple(resolved),
+        network=s.get_bool("network", True),
+        check_interval_s=s.get_float("check_interval_s", 0.0, 0.0, 86400.0),
+    )
+    s.done()
+    return result
+
+
+def _redfish(s: _Section) -> RedfishSettings:
+    users_raw = s.raw("users", [])
+    users = []
+    if not isinstance(users_raw, list):
+        raise ConfigError("redfish.users must be a list of tables")
+    for i, u in enumerate(users_raw):
+        us = _Section(u, f"redfish.users[{i}]")
+        role = us.choice("role", "ReadOnly", ("Administrator", "Operator", "ReadOnly"))
+        users.append((_identifier(us.get_str("name"), f"redfish.users[{i}].name"),
+                      str(us.get_str("password", "")), role))
+        us.done()
+    result = RedfishSettings(
+        enabled=s.get_bool("enabled", False),
+        host=s.get_str("host", "127.0.0.1"),
+        port=s.get_int("port", 0, 0, 65535),
+        tls=s.get_bool("tls", True),
+        users=tuple(users),
+    )
+    s.done()
+    return result
+
+
+def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
+    """Build an AgentConfig from parsed TOML; raise ConfigError on any bad or unknown key."""
+    root = _Section(dict(data), "root")
+    agent = root.table("agent")
+    trust = agent.raw("trust", [])
+    if not isinstance(trust, list) or not trust or not all(isinstance(t, str) for t in trust):
+        raise ConfigError("agent.trust must list at least one public key file or folder")
+    policy = root.table("policy")
+    policy_name = policy.get_str("name", "newest")
+    policy_options = {k: v for k, v in policy._data.items() if k != "name"}
+    policy._used.update(policy_options)
+    targets_raw = root.raw("targets", [])
+    if not isinstance(targets_raw, list) or not targets_raw:
+        raise ConfigError("at least one [[targets]] table is required")
+    targets = tuple(_target(t, base, i) for i, t in enumerate(targets_raw))
+    if len({t.name for t in targets}) != len(targets):
+        raise ConfigError("target names must be unique")
+    config = AgentConfig(
+        node_id=_identifier(agent.get_str("node_id"), "agent.node_id"),
+        machine_name=_identifier(agent.get_str("machine_name"), "agent.machine_name"),
+        state_dir=agent.path("state_dir", base, "state") or base / "state",
+        trust=tuple((base / t).resolve() for t in trust),
+        topology=agent.get_str("topology", "") or "",
+        max_image_size=agent.get_int("max_image_size", 64 * 1024 * 1024, 4096, 2**31),
+        policy=policy_name,
+        policy_options=policy_options,
+        network=_network(root.table("network"), base),
+        timers=_timers(root.table("timers")),
+        donor=_donor(root.table("donor")),
+        targets=targets,
+        redfish=_redfish(root.table("redfish")),
+    )
+    for section in (agent, policy, root):
+        section.done()
+    return config
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate a TOML config file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("cannot read config file", path=str(path), detail=str(e)) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("config file is not valid TOML", path=str(path), detail=str(e)) from e
+    return parse_config(data, path.parent.resolve())

@@ -1,0 +1,423 @@
+"""The recovery engine of one firmware target: detect, locate, stage, flash, verify, boot.
+
+Safety contract (NIST SP 800-193's "verify before code runs"):
+
+* Nothing reaches flash before :class:`~fwrescue.trust.verifier.Verifier` has
+  verified the manifest (signature, board, rollback floor) and every byte of the
+  staged image.
+* The staged image is in the store and the journal says ``STAGED`` before the
+  first erase; an agent restarted in ``STAGED``/``FLASHING``/``VERIFYING``/
+  ``BOOTING`` re-verifies the stored image and writes it again.
+* The host is held (powered off, or in reset in DC-on mode) before the first
+  erase and released only after an independent read-back of the flash matched
+  the signed digest. A failed operation leaves the host held.
+* The anti-rollback floor is raised only after the host booted the new image.
+
+Operations on one target are serialized by a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fwrescue.errors import (
+    FlashError,
+    FlashPowerLoss,
+    FwRescueError,
+    RecoveryFailed,
+    TrustError,
+)
+from fwrescue.flash.device import Flash
+from fwrescue.host.base import FlashMode, Host
+from fwrescue.recovery.journal import Journal, JournalRecord, Phase
+from fwrescue.recovery.ports import (
+    EventSink,
+    FetchRequest,
+    ImageStore,
+    Located,
+    Locator,
+    NetworkFetcher,
+    OperationEvent,
+    OperationState,
+)
+from fwrescue.trust.manifest import SignedManifest
+from fwrescue.trust.verifier import VerifiedManifest, Verifier, sha256_file
+
+__all__ = ["EngineSettings", "Integrity", "OperationResult", "RecoveryEngine"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    target: str
+    machine_name: str
+    node_id: str
+    region_offset: int = 0
+    flash_mode: FlashMode = FlashMode.DC_OFF
+    boot_timeout: float = 30.0
+    flash_retries: int = 2  # extra attempts after a failed write or read-back
+
+
+@dataclass(frozen=True)
+class Integrity:
+    ok: bool
+    reason: str
+    installed: VerifiedManifest | None = None
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    op_id: str
+    ok: bool
+    reason: str
+    origin: str | None = None
+    donor_id: str | None = None
+    donor_kind: str | None = None
+    version_before: str | None = None
+    version_after: str | None = None
+    booted: bool | None = None
+    seconds: float = 0.0
+
+
+class RecoveryEngine:
+    """Recovers and updates one target. Constructed by the agent; all parts injected."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        flash: Flash,
+        host: Host | None,
+        verifier: Verifier,
+        store: ImageStore,
+        journal: Journal,
+        workdir: Path,
+        locator: Locator | None = None,
+        network: NetworkFetcher | None = None,
+        events: EventSink | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._flash = flash
+        self._host = host
+        self._verifier = verifier
+        self._store = store
+        self._journal = journal
+        self._workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._locator = locator
+        self._network = network
+        self._events = events
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._transcript: list[dict[str, Any]] = []
+        self.current: JournalRecord | None = None
+        self.last_result: OperationResult | None = None
+
+    # --- what is installed ---------------------------------------------------------------
+
+    def installed(self) -> VerifiedManifest | None:
+        """The verified manifest of the image recorded as installed, if it still verifies."""
+        raw = self._journal.installed_manifest()
+        if raw is None:
+            return None
+        try:
+            signed = SignedManifest.parse(raw)
+            # The floor may have risen past an old record: trust the signature and board only.
+            return self._verifier.verify_signed_ignoring_floor(
+                signed, target=self.settings.target, machine_name=self.settings.machine_name)
+        except TrustError as e:
+            log.warning("%s: installed-image record no longer verifies: %s",
+                        self.settings.target, e)
+            return None
+
+    @property
+    def installed_version(self) -> str | None:
+        installed = self.installed()
+        return installed.manifest.version if installed else None
+
+    async def check_integrity(self) -> Integrity:
+        """Hash the flash region against the signed digest of the installed image.
+
+        With no record (a new agent), adopt a stored image for this board whose digest
+        matches the flash; otherwise report the flash as unverified."""
+        installed = self.installed()
+        candidates = [installed] if installed else self._stored_candidates()
+        for verified in candidates:
+            size = verified.manifest.size
+            if size > self._flash.size - self.settings.region_offset:
+                continue
+            digest = await asyncio.to_thread(self._flash_digest, size)
+            if digest == verified.manifest.sha256:
+                if installed is None:
+                    self._journal.set_installed(verified.signed.raw)
+                return Integrity(True, "flash matches the signed image", verified)
+        if installed is not None:
+            return Integrity(False, "flash does not match the installed image's signed digest")
+        return Integrity(False, "no verified image matches the flash contents")
+
+    def _stored_candidates(self) -> list[VerifiedManifest]:
+        found = []
+        for stored in self._store.list():
+            manifest = stored.signed.manifest
+            if manifest.fits(self.settings.target, self.settings.machine_name):
+                try:
+                    found.append(self._verifier.verify_signed_ignoring_floor(
+                        stored.signed, target=self.settings.target,
+                        machine_name=self.settings.machine_name))
+                except TrustError:
+                    continue
+        return found
+
+    def _flash_digest(self, size: int) -> str:
+        tmp = self._workdir / f"readback-{secrets.token_hex(4)}.bin"
+        try:
+            self._flash.read_to(self.settings.region_offset, size, tmp)
+            return sha256_file(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # --- entry points ------------------------------------------------------------------
+
+    async def startup(self) -> OperationResult | None:
+        """At agent start: finish an interrupted operation, else check integrity and recover
+        when the flash does not verify. Returns the operation run, if any."""
+        record = self._journal.load()
+        if record is not None and record.phase not in (Phase.RECOVERED, Phase.FAILED):
+            log.info("%s: resuming %s interrupted in %s", self.settings.target, record.op_id,
+                     record.phase.value)
+            return await self._run(record.kind, record.reason, resume=record)
+        integrity = await self.check_integrity()
+        if integrity.ok:
+            return None
+        return await self.recover(f"integrity check at start: {integrity.reason}")
+
+    async def recover(self, reason: str) -> OperationResult:
+        """Find a verified image for this board (sources, then donors) and install it."""
+        return await self._run("recovery", reason)
+
+    async def install_package(self, package: Path, *, stage: Callable[..., Any],
+                              reason: str = "operator update") -> OperationResult:
+        """Install an operator-supplied package; ``stage(verifier, path, target=…,
+        machine_name=…, staging_dir=…)`` verifies and stages it (TrustError if it is bad)."""
+        verified, image = await asyncio.to_thread(
+            stage, self._verifier, package, target=self.settings.target,
+            machine_name=self.settings.machine_name, staging_dir=self._workdir)
+        located = Located(verified=verified, image=image, origin="operator")
+        return await self._run("update", reason, located=located)
+
+    async def guarded_power_on(self) -> bool:
+        """Power the host on only onto verified flash; recover first when it does not verify."""
+        if self._host is None:
+            return False
+        integrity = await self.check_integrity()
+        if not integrity.ok:
+            result = await self.recover(f"integrity check before power-on: {integrity.reason}")
+            return bool(result.booted)
+        await self._host.power_on()
+        boot = await self._host.wait_boot(self.settings.boot_timeout)
+        return boot.booted
+
+    # --- the pipeline ------------------------------------------------------------------
+
+    async def _run(self, kind: str, reason: str, *, resume: JournalRecord | None = None,
+                   located: Located | None = None) -> OperationResult:
+        async with self._lock:
+            started = self._clock()
+            if resume is not None:
+                record = resume.advance(resume.phase, restarts=resume.restarts + 1)
+            else:
+                record = JournalRecord(
+                    op_id=f"{kind[:3]}-{secrets.token_hex(4)}", kind=kind, phase=Phase.DETECTED,
+                    reason=reason, started_at=started, version_before=self.installed_version)
+            self._transcript = []
+            self._record(record)
+            self._note("start", kind=kind, reason=reason, resumed=resume is not None)
+            try:
+                result = await self._pipeline(record, located, started)
+            except FlashPowerLoss:
+                raise  # the BMC lost power: nothing more runs; the journal resumes it
+            except FwRescueError as e:
+                result = self._fail(self.current or record, e, started)
+            self.last_result = result
+            return result
+
+    async def _pipeline(self, record: JournalRecord, located: Located | None,
+                        started: float) -> OperationResult:
+        if record.phase.past_staging and record.manifest_digest:
+            verified, image = self._restage(record.manifest_digest)
+        else:
+            located = located or await self._locate(record)
+            self._note("staged", origin=located.origin, version=located.verified.manifest.version,
+                       digest=located.verified.digest)
+            stored = await asyncio.to_thread(self._store.put, located.verified, located.image)
+            verified, image = located.verified, Path(stored.image_path)
+            record = self._record(record.advance(
+                Phase.STAGED, manifest_digest=verified.digest, origin=located.origin,
+                donor_id=located.donor_id, donor_kind=located.donor_kind))
+        await self._hold_host()
+        record = self._record(record.advance(Phase.FLASHING), percent=60)
+        await self._write_verified(verified, image)
+        record = self._record(record.advance(Phase.BOOTING), percent=90)
+        self._journal.set_installed(verified.signed.raw)
+        booted = await self._release_and_boot()
+        if booted is False:
+            raise RecoveryFailed("the verified image did not boot within the watchdog time")
+        self._verifier.commit_flashed(verified)
+        record = record.advance(Phase.RECOVERED)
+        result = OperationResult(
+            op_id=record.op_id, ok=True, reason=record.reason, origin=record.origin,
+            donor_id=record.donor_id, donor_kind=record.donor_kind,
+            version_before=record.version_before, version_after=verified.manifest.version,
+            booted=booted, seconds=self._clock() - started)
+        self._note("done", version=verified.manifest.version, booted=booted)
+        self._record(record, state=OperationState.COMPLETED, percent=100,
+                     message_id="TaskEvent.1.0.TaskCompletedOK")
+        self._journal.finish(record, self._transcript)
+        return result
+
+    async def _locate(self, record: JournalRecord) -> Located:
+        s = self.settings
+        self._record(record.advance(Phase.LOCATING), percent=5)
+        if self._locator is not None:
+            found = await self._locator.locate(s.target, s.machine_name, self._workdir,
+                                               self._note)
+            if found is not None:
+                return found
+        if self._network is None:
+            raise RecoveryFailed("no predetermined location holds a verified image and the "
+                                 "network is disabled for this target")
+        self._record(record.advance(Phase.SOLICITING), percent=10)
+        installed = self.installed()
+        floor = self._verifier.floor(s.target)
+        request = FetchRequest(
+            target=s.target, machine_name=s.machine_name,
+            installed_version=installed.manifest.version if installed else None,
+            security_version=installed.manifest.security_version if installed else floor,
+            min_security_version=floor)
+
+        def progress(done: int, total: int) -> None:
+            pct = 10 + (45 * done // total if total else 0)
+            self._emit(OperationState.RUNNING, "transferring", pct, f"{done}/{total} bytes")
+
+        return await self._network.fetch(request, self._note, progress)
+
+    def _restage(self, digest: str) -> tuple[VerifiedManifest, Path]:
+        """After a restart: the stored image must verify again before it is written."""
+        stored = self._store.get(digest)
+        if stored is None:
+            raise RecoveryFailed("staged image missing from the store after restart",
+                                 digest=digest)
+        verified = self._verifier.verify_signed_ignoring_floor(
+            stored.signed, target=self.settings.target, machine_name=self.settings.machine_name)
+        Verifier.verify_image_file(verified, Path(stored.image_path))
+        self._note("restaged", digest=digest)
+        return verified, Path(stored.image_path)
+
+    async def _write_verified(self, verified: VerifiedManifest, image: Path) -> None:
+        """Write with retries; every attempt ends in an independent read-back check."""
+        Verifier.verify_image_file(verified, image)  # the bytes about to be written
+        attempts = 1 + self.settings.flash_retries
+        for attempt in range(1, attempts + 1):
+            try:
+                report = await asyncio.to_thread(
+                    self._flash.write, self.settings.region_offset, image, self._flash_progress)
+                self._note("flashed", attempt=attempt, erased=report.erase_count,
+                           programmed=report.bytes_programmed, skipped=report.skipped_bytes)
+                digest = await asyncio.to_thread(self._flash_digest, verified.manifest.size)
+                if digest != verified.manifest.sha256:
+                    raise FlashError("read-back does not match the signed digest")
+                self._note("read-back verified", sha256=digest)
+                return
+            except FlashPowerLoss:
+                raise
+            except FlashError as e:
+                self._note("flash attempt failed", attempt=attempt, error=str(e))
+                if attempt == attempts:
+                    raise
+
+    def _flash_progress(self, done: int, total: int) -> None:
+        pct = 60 + (25 * done // total if total else 0)
+        # Called from the flash thread: hop onto the event loop's sink only through the sink.
+        self._emit(OperationState.RUNNING, "flashing", pct, f"{done}/{total} bytes")
+
+    async def _hold_host(self) -> None:
+        if self._host is None:
+            return
+        if self.settings.flash_mode is FlashMode.DC_ON:
+            await self._host.hold_reset()
+        else:
+            await self._host.power_off()
+        self._note("host held", mode=self.settings.flash_mode.value)
+
+    async def _release_and_boot(self) -> bool | None:
+        if self._host is None:
+            return None
+        if self.settings.flash_mode is FlashMode.DC_ON:
+            await self._host.release_reset()
+        else:
+            await self._host.power_on()
+        boot = await self._host.wait_boot(self.settings.boot_timeout)
+        self._note("boot check", booted=boot.booted, seconds=round(boot.seconds, 2),
+                   detail=boot.detail, log=str(boot.log_path) if boot.log_path else None)
+        if not boot.booted:
+            await self._host.power_off()  # do not leave a failing host cycling
+        return boot.booted
+
+    def _fail(self, record: JournalRecord, error: FwRescueError,
+              started: float) -> OperationResult:
+        self._note("failed", error=str(error), kind=type(error).__name__)
+        log.error("%s: %s %s failed: %s", self.settings.target, record.kind, record.op_id, error)
+        final = record.advance(Phase.FAILED, error=str(error))
+        self._record(final, state=OperationState.EXCEPTION, percent=100,
+                     message_id=error.message_id)
+        self._journal.finish(final, self._transcript)
+        # Staged images in the store are kept (never lost); the host stays held.
+        shutil.rmtree(self._workdir / "partial", ignore_errors=True)
+        return OperationResult(op_id=record.op_id, ok=False, reason=str(error),
+                               origin=record.origin, donor_id=record.donor_id,
+                               donor_kind=record.donor_kind,
+                               version_before=record.version_before,
+                               seconds=self._clock() - started)
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def _record(self, record: JournalRecord, *, state: OperationState = OperationState.RUNNING,
+                percent: int | None = None, message_id: str | None = None) -> JournalRecord:
+        if state is OperationState.RUNNING:
+            self._journal.write(record)
+        self.current = record if state is OperationState.RUNNING else None
+        pct = percent if percent is not None else {
+            Phase.DETECTED: 0, Phase.LOCATING: 5, Phase.SOLICITING: 10, Phase.STAGED: 55,
+        }.get(record.phase, 50)
+        self._emit(state, record.phase.value, pct, record.error or record.reason,
+                   message_id=message_id, op=record)
+        return record
+
+    def _emit(self, state: OperationState, phase: str, percent: int, message: str, *,
+              message_id: str | None = None, op: JournalRecord | None = None) -> None:
+        op = op or self.current
+        if self._events is None or op is None:
+            return
+        self._events(OperationEvent(
+            op_id=op.op_id, kind=op.kind, target=self.settings.target, state=state,
+            phase=phase, percent=percent, message=message,
+            message_id=message_id or "TaskEvent.1.0.TaskProgressChanged",
+            fields={"origin": op.origin, "donor_id": op.donor_id}))
+
+    def _note(self, event: str, **fields: Any) -> None:
+        entry = {"t": round(self._clock(), 3), "event": event, **fields}
+        self._transcript.append(entry)
+        log.debug("%s %s: %s %s", self.settings.node_id, self.settings.target, event, fields)
+
+    def transcript(self) -> list[dict[str, Any]]:
+        return list(self._transcript)

@@ -1,0 +1,85 @@
+"""Config files: a good one parses; a bad one names the key and starts nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fwrescue.config import load_config
+from fwrescue.errors import ConfigError
+
+GOOD = """
+[agent]
+node_id = "node-1"
+machine_name = "board-a"
+state_dir = "state"
+trust = ["keys"]
+topology = "rack1"
+
+[policy]
+name = "pinned"
+pinned_version = "1.2.0"
+
+[network]
+port = 17777
+
+[[targets]]
+name = "bios"
+flash = { kind = "file", path = "bios.img" }
+host = { kind = "virtual", flash_mode = "dc-on", boot_timeout = 5 }
+sources = [ { kind = "usb", path = "usb" } ]
+
+[[targets]]
+name = "cpld"
+flash = { kind = "flashrom", programmer = "dummy:emulate=W25Q128FV,image=cpld.img" }
+host = { kind = "none" }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_resolves_paths_and_sections(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.node_id == "node-1"
+    assert config.state_dir == (tmp_path / "state").resolve()
+    assert config.policy == "pinned" and config.policy_options == {"pinned_version": "1.2.0"}
+    assert config.network.port == 17777
+    bios, cpld = config.targets
+    assert bios.flash.path == (tmp_path / "bios.img").resolve()
+    assert bios.host.flash_mode == "dc-on"
+    assert bios.sources[0]["path"] == str((tmp_path / "usb").resolve())
+    assert cpld.flash.kind == "flashrom" and cpld.host.kind == "none"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("port = 17777", "port = 70000"), "network.port out of range"),
+    (("port = 17777", "prot = 1"), "unknown keys"),
+    (('name = "cpld"', 'name = "bios"'), "unique"),
+    (('machine_name = "board-a"', 'machine_name = "../etc"'), "machine_name"),
+    (('kind = "usb"', 'kind = "usb"'), None),
+    (('flash_mode = "dc-on"', 'flash_mode = "sideways"'), "flash_mode"),
+    (('boot_timeout = 5', 'boot_timeout = "soon"'), "wrong type"),
+])
+def test_bad_values_name_the_key(tmp_path: Path, edit: tuple[str, str],
+                                 message: str | None) -> None:
+    text = GOOD.replace(*edit)
+    if message is None:
+        load_config(write(tmp_path, text))
+        return
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_non_multicast_group_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="multicast"):
+        load_config(write(tmp_path, GOOD.replace("port = 17777", 'group = "10.1.2.3"')))
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="TOML"):
+        load_config(write(tmp_path, "[agent\n"))
