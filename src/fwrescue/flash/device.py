@@ -30,7 +30,7 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class FlashGeometry:
-    """Size and erase granularity of a chip; ``erase_sizes`` ascending, e.g. (4096, 32768, 65536)."""
+    """Size and erase granularity of a chip; ``erase_sizes`` ascending (4 K, 32 K, 64 K)."""
 
     size: int
     erase_sizes: tuple[int, ...] = (4096, 32768, 65536)

@@ -36,7 +36,7 @@ from fwrescue.errors import (
     TrustError,
 )
 from fwrescue.flash.device import Flash
-from fwrescue.host.base import FlashMode, Host
+from fwrescue.host.base import BootResult, FlashMode, Host
 from fwrescue.recovery.journal import Journal, JournalRecord, Phase
 from fwrescue.recovery.ports import (
     EventSink,
@@ -122,6 +122,7 @@ class RecoveryEngine:
         self._transcript: list[dict[str, Any]] = []
         self.current: JournalRecord | None = None
         self.last_result: OperationResult | None = None
+        self.last_boot: BootResult | None = None
 
     # --- what is installed ---------------------------------------------------------------
 
@@ -146,18 +147,21 @@ class RecoveryEngine:
         return installed.manifest.version if installed else None
 
     async def check_integrity(self) -> Integrity:
-        """Hash the flash region against the signed digest of the installed image.
+        """Hash the flash region against the signed digest of the installed image (in a
+        worker thread: hashing a flash region must not stall the event loop)."""
+        return await asyncio.to_thread(self.integrity_now)
 
-        With no record (a new agent), adopt a stored image for this board whose digest
-        matches the flash; otherwise report the flash as unverified."""
+    def integrity_now(self) -> Integrity:
+        """Blocking integrity check. With no installed record (a new agent), adopt a stored
+        image for this board whose digest matches the flash; otherwise report the flash as
+        unverified."""
         installed = self.installed()
         candidates = [installed] if installed else self._stored_candidates()
         for verified in candidates:
             size = verified.manifest.size
             if size > self._flash.size - self.settings.region_offset:
                 continue
-            digest = await asyncio.to_thread(self._flash_digest, size)
-            if digest == verified.manifest.sha256:
+            if self._flash_digest(size) == verified.manifest.sha256:
                 if installed is None:
                     self._journal.set_installed(verified.signed.raw)
                 return Integrity(True, "flash matches the signed image", verified)
@@ -224,8 +228,8 @@ class RecoveryEngine:
             result = await self.recover(f"integrity check before power-on: {integrity.reason}")
             return bool(result.booted)
         await self._host.power_on()
-        boot = await self._host.wait_boot(self.settings.boot_timeout)
-        return boot.booted
+        self.last_boot = await self._host.wait_boot(self.settings.boot_timeout)
+        return self.last_boot.booted
 
     # --- the pipeline ------------------------------------------------------------------
 
@@ -366,7 +370,7 @@ class RecoveryEngine:
             await self._host.release_reset()
         else:
             await self._host.power_on()
-        boot = await self._host.wait_boot(self.settings.boot_timeout)
+        boot = self.last_boot = await self._host.wait_boot(self.settings.boot_timeout)
         self._note("boot check", booted=boot.booted, seconds=round(boot.seconds, 2),
                    detail=boot.detail, log=str(boot.log_path) if boot.log_path else None)
         if not boot.booted:

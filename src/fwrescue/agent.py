@@ -1,0 +1,198 @@
+"""The agent: the composition root that builds one BMC's parts from its config and runs them.
+
+One agent is recipient and donor at once. It owns, per agent: the trust store and
+rollback floors, the package store (what it can donate), the datagram link, the
+donor service (protocol responder + transfer server) and optionally the Redfish
+service; per target: the flash, the host (BIOS only), the predetermined-source
+ladder, the network fetcher and a :class:`RecoveryEngine`.
+
+Nothing else in fwrescue constructs concrete parts; everything below is injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fwrescue.config import AgentConfig, TargetConfig
+from fwrescue.donor import DonorService
+from fwrescue.flash.device import Flash
+from fwrescue.hardware import build_flash, build_host
+from fwrescue.host.base import FlashMode, Host
+from fwrescue.image.store import PackageStore
+from fwrescue.protocol.messages import DonorKind
+from fwrescue.protocol.policy import get_policy
+from fwrescue.recovery.engine import EngineSettings, OperationResult, RecoveryEngine
+from fwrescue.recovery.journal import Journal
+from fwrescue.recovery.network import NetworkRecovery
+from fwrescue.recovery.ports import OperationEvent
+from fwrescue.sources.ladder import SourceLadder
+from fwrescue.trust.keys import TrustStore
+from fwrescue.trust.rollback import RollbackStore
+from fwrescue.trust.verifier import Verifier
+
+__all__ = ["Agent", "TargetRuntime"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TargetRuntime:
+    config: TargetConfig
+    flash: Flash
+    host: Host | None
+    engine: RecoveryEngine
+    check_task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Listeners:
+    callbacks: list[Callable[[OperationEvent], None]] = field(default_factory=list)
+
+    def __call__(self, event: OperationEvent) -> None:
+        for callback in list(self.callbacks):
+            try:
+                callback(event)
+            except Exception:  # a display or Redfish bug must never stop a recovery
+                log.exception("event listener failed")
+
+
+class Agent:
+    """One BMC's fwrescue: start() wires and runs everything, stop() tears it down."""
+
+    def __init__(self, config: AgentConfig, *, rng: random.Random | None = None) -> None:
+        self.config = config
+        self._rng = rng or random.Random()
+        self.events = _Listeners()
+        state = config.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        self.verifier = Verifier(TrustStore.from_files(config.trust),
+                                 RollbackStore(state / "rollback.json"),
+                                 max_image_size=config.max_image_size)
+        self.store = PackageStore(state / "store", max_image_size=config.max_image_size)
+        self.donor = DonorService(donor_id=config.node_id, kind=DonorKind.PEER, store=self.store,
+                                  network=config.network, settings=config.donor,
+                                  topology=config.topology)
+        options = dict(config.policy_options)
+        # The pin travels in the selection context; the policy reads it from there.
+        self._pinned: str | None = options.pop("pinned_version", None)
+        self.policy = get_policy(config.policy, **options)
+        self.targets: dict[str, TargetRuntime] = {}
+        self.results: dict[str, OperationResult] = {}
+        self.redfish_url: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, *, run_startup_checks: bool = True) -> None:
+        """Open the link, start donating, build every target, then run start-up checks
+        (integrity, interrupted operations) in the background."""
+        if self.config.donor.enabled:
+            await self.donor.start()
+        for target in self.config.targets:
+            self.targets[target.name] = self._build_target(target)
+        self._started = True
+        if run_startup_checks:
+            for runtime in self.targets.values():
+                self._tasks.append(asyncio.create_task(self._startup(runtime)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self.donor.stop()
+        for runtime in self.targets.values():
+            if runtime.host is not None:
+                await runtime.host.close()
+
+    async def wait_idle(self) -> None:
+        """Wait for the start-up checks (and the recoveries they began) to finish."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- construction -------------------------------------------------------------------
+
+    def _build_target(self, target: TargetConfig) -> TargetRuntime:
+        state = self.config.state_dir / "targets" / target.name
+        flash = build_flash(target.flash, workdir=state / "flash")
+        engine_holder: list[RecoveryEngine] = []
+        host = build_host(target, workdir=state / "host", flash_path=target.flash.path,
+                          firmware_ok=lambda: engine_holder[0].integrity_now().ok)
+        network = None
+        if target.network:
+            network = NetworkRecovery(
+                node_id=self.config.node_id, topology=self.config.topology,
+                network=self.config.network, timers=self.config.timers, policy=self.policy,
+                verifier=self.verifier, staging_dir=state / "staging",
+                pinned_version=self._pinned, rng=self._rng)
+        engine = RecoveryEngine(
+            EngineSettings(
+                target=target.name, machine_name=self.config.machine_name,
+                node_id=self.config.node_id, region_offset=target.flash.region_offset,
+                flash_mode=FlashMode(target.host.flash_mode),
+                boot_timeout=target.host.boot_timeout),
+            flash=flash, host=host, verifier=self.verifier, store=self.store,
+            journal=Journal(state), workdir=state / "work",
+            locator=SourceLadder.from_specs(target.sources, self.verifier, flash=flash)
+            if target.sources else None,
+            network=network, events=self._on_event)
+        engine_holder.append(engine)
+        return TargetRuntime(config=target, flash=flash, host=host, engine=engine)
+
+    def _on_event(self, event: OperationEvent) -> None:
+        self.events(event)
+
+    async def _startup(self, runtime: TargetRuntime) -> None:
+        result = await runtime.engine.startup()
+        if result is not None:
+            self.results[runtime.config.name] = result
+        elif runtime.host is not None:
+            await runtime.engine.guarded_power_on()
+        if runtime.config.check_interval_s > 0:
+            while True:
+                await asyncio.sleep(runtime.config.check_interval_s)
+                integrity = await runtime.engine.check_integrity()
+                if not integrity.ok:
+                    result = await runtime.engine.recover(
+                        f"periodic integrity check: {integrity.reason}")
+                    self.results[runtime.config.name] = result
+
+    # --- queries used by the CLI, the demo and Redfish ------------------------------------
+
+    @property
+    def booted(self) -> dict[str, bool]:
+        """Per target with a host: did the last boot check see the host come up?"""
+        return {name: bool(rt.engine.last_boot and rt.engine.last_boot.booted)
+                for name, rt in self.targets.items() if rt.host is not None}
+
+    @property
+    def boot_logs(self) -> dict[str, Path]:
+        return {name: rt.engine.last_boot.log_path for name, rt in self.targets.items()
+                if rt.engine.last_boot and rt.engine.last_boot.log_path}
+
+    @property
+    def transfer_url(self) -> str | None:
+        return self.donor.transfer_url
+
+    def engine(self, target: str = "bios") -> RecoveryEngine:
+        return self.targets[target].engine
+
+    async def recover(self, target: str, reason: str) -> OperationResult:
+        result = await self.engine(target).recover(reason)
+        self.results[target] = result
+        return result
+
+    async def install(self, target: str, package: Path) -> OperationResult:
+        from fwrescue.image.package import stage_package
+
+        result = await self.engine(target).install_package(package, stage=stage_package)
+        self.results[target] = result
+        return result

@@ -1,0 +1,52 @@
+"""The ``fwrescue`` command: one entry point, a subcommand per job.
+
+Each subcommand module registers its own parser (``register_*_commands``); a
+handler returns the process exit status. Bad input never prints a traceback:
+a :class:`~fwrescue.errors.FwRescueError` becomes ``error: …`` and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from fwrescue import __version__
+from fwrescue.errors import FwRescueError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fwrescue", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fwrescue {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    from fwrescue import runcli
+    from fwrescue.image import cli as image_cli
+
+    runcli.register_run_commands(subparsers)
+    image_cli.register_image_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        status: int = args.func(args)
+        return status
+    except FwRescueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

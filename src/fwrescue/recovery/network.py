@@ -1,0 +1,151 @@
+"""Fetch a verified image from donors: negotiate (sans-IO session over multicast), then
+transfer from the ACKed donor, verifying every chunk.
+
+The loop over offers is the protocol's; this module only reacts to its events:
+
+* ``DonorAcked`` → fetch the manifest by digest, verify it (every trust step), fetch
+  the missing chunks into staging, verify the whole image, RELEASE, done;
+* a trust failure (bad signature, other board, rollback, bad chunk) → DECLINE: the
+  donor's digest is never accepted again in this session;
+* a transfer failure (donor died, stalled, refused) → ``donor_failed``: the next
+  offer is accepted and the transfer resumes from the verified chunks on disk;
+* ``GaveUp`` → :class:`~fwrescue.errors.RecoveryFailed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from fwrescue.config import NetworkSettings, TimerSettings
+from fwrescue.donor import codec_for, multicast_config
+from fwrescue.errors import RecoveryFailed, TransferError, TrustError
+from fwrescue.protocol.events import DonorAcked, Event, GaveUp
+from fwrescue.protocol.policy import Policy
+from fwrescue.protocol.recipient import RecipientIdentity, RecipientSession, RecipientTimers
+from fwrescue.recovery.ports import FetchRequest, Located, TranscriptLog
+from fwrescue.transfer.client import ImageFetcher, TransferLimits
+from fwrescue.transfer.staging import StagingArea
+from fwrescue.transport.udp import SessionDriver, UdpMulticastLink
+from fwrescue.trust.verifier import Verifier
+
+__all__ = ["NetworkRecovery"]
+
+log = logging.getLogger(__name__)
+
+
+def _describe(event: Event) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if is_dataclass(event):
+        for key, value in asdict(event).items():
+            if isinstance(value, dict):  # an embedded Offer: keep what a reader needs
+                value = {k: value.get(k) for k in ("donor_id", "donor_kind", "version",
+                                                   "security_version", "load", "manifest_digest")
+                         if k in value}
+            elif isinstance(value, tuple | list) and value and isinstance(value[0], dict):
+                value = [v.get("donor_id") for v in value]
+            fields[key] = value
+    fields.pop("token", None)  # a credential: never in a transcript
+    return fields
+
+
+class NetworkRecovery:
+    """Implements :class:`~fwrescue.recovery.ports.NetworkFetcher` for one target."""
+
+    def __init__(self, *, node_id: str, topology: str | None, network: NetworkSettings,
+                 timers: TimerSettings, policy: Policy, verifier: Verifier,
+                 staging_dir: Path, pinned_version: str | None = None,
+                 limits: TransferLimits | None = None,
+                 rng: random.Random | None = None) -> None:
+        self._node_id = node_id
+        self._topology = topology or None
+        self._network = network
+        self._timers = RecipientTimers(
+            startup_jitter=timers.startup_jitter, offer_window=timers.offer_window,
+            backoff_initial=timers.backoff_initial, backoff_max=timers.backoff_max,
+            max_solicits=timers.max_solicits, accept_timeout=timers.accept_timeout,
+            enough_offers=timers.enough_offers)
+        self._policy = policy
+        self._verifier = verifier
+        self._staging = StagingArea(staging_dir)
+        self._pinned = pinned_version
+        self._limits = limits or TransferLimits()
+        self._rng = rng or random.Random()
+
+    async def fetch(self, request: FetchRequest, log_event: TranscriptLog,
+                    progress: Callable[[int, int], None]) -> Located:
+        session = RecipientSession(
+            identity=RecipientIdentity(
+                node_id=self._node_id, target=request.target, machine_name=request.machine_name,
+                installed_version=request.installed_version,
+                security_version=request.security_version,
+                min_security_version=request.min_security_version, topology=self._topology),
+            timers=self._timers, policy=self._policy, codec=codec_for(self._network),
+            rng=self._rng, pinned_version=self._pinned)
+        link = UdpMulticastLink(multicast_config(self._network))
+        async with aiohttp.ClientSession() as http, SessionDriver(session, link) as driver:
+            fetcher = ImageFetcher(http, limits=self._limits)
+            driver.act(session.start)
+            while True:
+                event = await driver.events.get()
+                log_event(type(event).__name__, **_describe(event))
+                if isinstance(event, GaveUp):
+                    raise RecoveryFailed("no donor delivered a verified image",
+                                         reason=event.reason)
+                if not isinstance(event, DonorAcked):
+                    continue
+                located = await self._transfer(event, request, fetcher, driver, session,
+                                               log_event, progress)
+                if located is not None:
+                    return located
+
+    async def _transfer(self, ack: DonorAcked, request: FetchRequest, fetcher: ImageFetcher,
+                        driver: SessionDriver, session: RecipientSession,
+                        log_event: TranscriptLog,
+                        progress: Callable[[int, int], None]) -> Located | None:
+        offer = ack.offer
+        url, digest = offer.transfer_url, offer.manifest_digest
+        try:
+            raw = await fetcher.fetch_manifest(url, digest, ack.token)
+            verified = self._verifier.verify_manifest(
+                raw, target=request.target, machine_name=request.machine_name,
+                expected_digest=digest)
+            log_event("manifest verified", donor=offer.donor_id,
+                      version=verified.manifest.version,
+                      security_version=verified.manifest.security_version)
+            staged = self._staging.open(verified)
+            try:
+                stats = await fetcher.fetch_image(url, ack.token, verified, staged, progress)
+                image = staged.finalize(self._verifier, verified)
+            finally:
+                staged.close()
+        except TrustError as e:
+            log.warning("%s: declining %s's image: %s", self._node_id, offer.donor_id, e)
+            log_event("declined", donor=offer.donor_id, reason=str(e))
+            why = _reason(e)
+            driver.act(lambda now: session.decline(why, now))
+            return None
+        except TransferError as e:
+            log.warning("%s: transfer from %s failed: %s", self._node_id, offer.donor_id, e)
+            log_event("donor failed", donor=offer.donor_id, reason=str(e))
+            why = _reason(e)
+            driver.act(lambda now: session.donor_failed(why, now))
+            return None
+        log_event("transferred", donor=offer.donor_id, bytes=stats.bytes_received,
+                  refetched_chunks=stats.chunks_refetched, seconds=round(stats.seconds, 3))
+        driver.act(lambda now: session.release("success", stats.bytes_received, now))
+        return Located(verified=verified, image=image,
+                       origin=f"{offer.donor_kind}:{offer.donor_id}", donor_id=offer.donor_id,
+                       donor_kind=str(offer.donor_kind))
+
+
+def _reason(error: Exception) -> str:
+    """A printable reason that fits a datagram (the protocol caps it at 200 ASCII chars)."""
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in str(error))
+    return text[:200] or type(error).__name__

@@ -1,0 +1,114 @@
+"""CLI subcommands that run fwrescue: ``agent``, ``donor`` (the console) and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register_run_commands"]
+
+
+def register_run_commands(subparsers: Any) -> None:
+    agent = subparsers.add_parser("agent", help="run the BMC agent (recipient + donor)")
+    agent.add_argument("--config", type=Path, required=True, help="agent TOML file")
+    agent.set_defaults(func=_cmd_agent)
+
+    donor = subparsers.add_parser("donor", help="run the management-console donor")
+    donor.add_argument("--repo", type=Path, required=True, help="folder of *.fwpkg packages")
+    donor.add_argument("--trust", type=Path, required=True, action="append",
+                       help="trusted public key file or folder (repeatable)")
+    donor.add_argument("--state", type=Path, default=Path("console-state"))
+    donor.add_argument("--group", default="239.255.77.77")
+    donor.add_argument("--port", type=int, default=17700)
+    donor.add_argument("--interface", default="127.0.0.1")
+    donor.add_argument("--id", default="console")
+    donor.set_defaults(func=_cmd_donor)
+
+    demo = subparsers.add_parser("demo", help="a simulated fleet recovering corrupted BIOSes")
+    demo.add_argument("--nodes", type=int, default=8)
+    demo.add_argument("--corrupt", type=int, default=3)
+    demo.add_argument("--boards", type=int, default=2)
+    demo.add_argument("--json", type=Path, dest="json_path", help="write the report here")
+    demo.add_argument("--hold", action="store_true",
+                      help="keep the fleet running after recovery until SIGINT/SIGTERM")
+    demo.add_argument("--host", choices=("virtual", "qemu"), default="virtual")
+    demo.add_argument("--flash", choices=("file", "flashrom"), default="file")
+    demo.add_argument("--policy", default="newest")
+    demo.add_argument("--workdir", type=Path, default=Path("demo-out/fleet"))
+    demo.add_argument("--timeout", type=float, default=600.0)
+    demo.add_argument("--redfish", action="store_true", help="serve Redfish on every node")
+    demo.add_argument("--seed", type=int, default=None)
+    demo.set_defaults(func=_cmd_demo)
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from fwrescue.agent import Agent
+    from fwrescue.config import load_config
+
+    config = load_config(args.config)
+
+    async def run() -> None:
+        agent = Agent(config)
+        await agent.start()
+        print(f"agent {config.node_id} running; donating at {agent.transfer_url}", flush=True)
+        try:
+            await _until_signal()
+        finally:
+            await agent.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def _cmd_donor(args: argparse.Namespace) -> int:
+    from fwrescue.config import NetworkSettings
+    from fwrescue.console.donor import ConsoleDonor
+
+    network = NetworkSettings(group=args.group, port=args.port, interface=args.interface)
+
+    async def run() -> None:
+        donor = ConsoleDonor(repo=args.repo, trust=args.trust, state_dir=args.state,
+                             network=network, donor_id=args.id)
+        await donor.start()
+        print(f"console donor {args.id} serving {donor.image_count} packages at "
+              f"{donor.transfer_url}", flush=True)
+        try:
+            await _until_signal()
+        finally:
+            await donor.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fwrescue.sim.demo import DemoOptions, run_demo
+
+    if not (1 <= args.nodes <= 512 and 0 <= args.corrupt <= args.nodes
+            and 1 <= args.boards <= 26):
+        print("error: need 1 <= --nodes <= 512, 0 <= --corrupt <= --nodes, "
+              "1 <= --boards <= 26", file=sys.stderr)
+        return 2
+    options = DemoOptions(nodes=args.nodes, corrupt=args.corrupt, boards=args.boards,
+                          json_path=args.json_path, hold=args.hold, host=args.host,
+                          flash=args.flash, policy=args.policy, workdir=args.workdir,
+                          timeout=args.timeout, redfish=args.redfish, seed=args.seed)
+    report = asyncio.run(run_demo(options))
+    if args.hold and args.json_path is None:
+        print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1

@@ -1,0 +1,180 @@
+"""``fwrescue demo``: a fleet of BMC agents and a console donor recovering corrupted BIOSes.
+
+Everything runs in one process on loopback: real UDP multicast negotiation, real
+HTTP transfers, real signatures; flash is a chip file (or flashrom's dummy
+programmer) and the host a model (or QEMU + OVMF). Each run uses its own
+multicast group and port, so demos and tests can run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fwrescue.agent import Agent
+from fwrescue.config import NetworkSettings, RedfishSettings, TimerSettings
+from fwrescue.console.donor import ConsoleDonor
+from fwrescue.recovery.ports import OperationEvent, OperationState
+from fwrescue.sim.display import FleetDisplay, NodeRow
+from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node
+
+__all__ = ["DemoOptions", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    nodes: int = 8
+    corrupt: int = 3
+    boards: int = 2
+    workdir: Path = Path("demo-out/fleet")
+    json_path: Path | None = None
+    hold: bool = False
+    host: str = "virtual"  # "virtual" | "qemu"
+    flash: str = "file"  # "file" | "flashrom"
+    policy: str = "newest"
+    image_size: int = 1024 * 1024
+    timeout: float = 300.0
+    live: bool = True
+    redfish: bool = False
+    seed: int | None = None
+
+
+def _isolated_network(rng: random.Random) -> NetworkSettings:
+    """A multicast group and port of this run's own (RFC 2365 organization-local scope)."""
+    return NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
+                           port=rng.randint(20000, 60000))
+
+
+def _corrupted_indices(nodes: int, corrupt: int) -> list[int]:
+    """Spread the corrupted nodes across the fleet (and so across boards)."""
+    return sorted({(i * nodes) // corrupt for i in range(corrupt)})
+
+
+def _ovmf_code() -> bytes:
+    from fwrescue.host.qemu import find_ovmf
+
+    code, _ = find_ovmf()
+    return code.read_bytes()
+
+
+async def run_demo(options: DemoOptions) -> dict[str, Any]:
+    """Build, corrupt, recover; return the report (also written to ``json_path``)."""
+    if not 0 <= options.corrupt <= options.nodes or options.nodes < 1 or options.boards < 1:
+        raise ValueError("need 1 <= nodes, 0 <= corrupt <= nodes, 1 <= boards")
+    rng = random.Random(options.seed)
+    base = _ovmf_code() if options.host == "qemu" else None
+    chip = 16 * 1024 * 1024 if options.flash == "flashrom" else None
+    plan = build_fleet(
+        options.workdir.resolve(), nodes=options.nodes, boards=options.boards,
+        image_size=options.image_size, base_image=base, chip_size=chip,
+        flash_kind=options.flash, host_kind=options.host, network=_isolated_network(rng),
+        timers=TimerSettings(startup_jitter=0.3, offer_window=0.3, accept_timeout=1.0),
+        policy=options.policy, seed=rng.randint(1, 10**6),
+        redfish=RedfishSettings(enabled=True, tls=False, users=(
+            ("admin", f"demo-{rng.getrandbits(48):012x}", "Administrator"),))
+        if options.redfish or options.hold else None)
+    for index in _corrupted_indices(options.nodes, options.corrupt):
+        corrupt_node(plan.nodes[index])
+    return await _run_fleet(plan, options)
+
+
+async def _run_fleet(plan: FleetPlan, options: DemoOptions) -> dict[str, Any]:
+    assert plan.console_repo is not None
+    console = ConsoleDonor(repo=plan.console_repo, trust=plan.root / "trust",
+                           state_dir=plan.root / "console-state", network=plan.network)
+    rows = {n.node_id: NodeRow(n.node_id, n.board, n.corrupted, n.release.version)
+            for n in plan.nodes}
+    agents: dict[str, Agent] = {}
+    display = FleetDisplay(rows, live=options.live)
+    started = time.monotonic()
+    await console.start()
+    try:
+        for node in plan.nodes:
+            agent = Agent(node.config)
+            agent.events.callbacks.append(_row_updater(rows[node.node_id], started))
+            agents[node.node_id] = agent
+        with display:
+            for agent in agents.values():
+                await agent.start()
+            await asyncio.wait_for(
+                asyncio.gather(*(a.wait_idle() for a in agents.values())), options.timeout)
+            display.refresh()
+        report = _report(plan, agents, rows)
+        if options.json_path:
+            options.json_path.parent.mkdir(parents=True, exist_ok=True)
+            options.json_path.write_text(json.dumps(report, indent=2))
+        display.summary(report)
+        if options.hold:
+            await _hold_until_signal()
+        return report
+    finally:
+        for agent in agents.values():
+            await agent.stop()
+        await console.stop()
+
+
+def _row_updater(row: NodeRow, started: float) -> Any:
+    def update(event: OperationEvent) -> None:
+        row.phase = event.phase
+        row.percent = event.percent
+        if event.fields.get("donor_id"):
+            row.donor = str(event.fields["donor_id"])
+        if event.state is OperationState.COMPLETED:
+            row.seconds = time.monotonic() - started
+        if event.state is OperationState.EXCEPTION:
+            row.error = event.message
+    return update
+
+
+def _report(plan: FleetPlan, agents: dict[str, Agent], rows: dict[str, NodeRow]) -> dict[str, Any]:
+    nodes = []
+    for spec in plan.nodes:
+        agent = agents[spec.node_id]
+        nodes.append(_node_entry(spec, agent, rows[spec.node_id]))
+    ok = all(n["booted"] and (n["recovered"] or not n["corrupted"]) for n in nodes)
+    return {"ok": ok, "boards": plan.boards, "nodes": nodes,
+            "console": {"id": "console", "repo": str(plan.console_repo)},
+            "workdir": str(plan.root)}
+
+
+def _node_entry(spec: NodeSpec, agent: Agent, row: NodeRow) -> dict[str, Any]:
+    result = agent.results.get("bios")
+    engine = agent.engine("bios")
+    entry: dict[str, Any] = {
+        "id": spec.node_id,
+        "board": spec.board,
+        "corrupted": spec.corrupted,
+        "recovered": bool(result and result.ok) if spec.corrupted else False,
+        "booted": bool(agent.booted.get("bios")),
+        "donor": result.donor_id if result else None,
+        "donor_kind": result.donor_kind if result else None,
+        "version_before": spec.release.version,
+        "version_after": engine.installed_version,
+        "seconds": round(result.seconds, 3) if result else 0.0,
+        "error": None if not result or result.ok else result.reason,
+        "http_url": agent.transfer_url,
+    }
+    boot_log = agent.boot_logs.get("bios")
+    if boot_log is not None:
+        entry["boot_log"] = str(boot_log)
+    if agent.redfish_url:
+        entry["redfish_url"] = agent.redfish_url
+        user, password, _ = agent.config.redfish.users[0]
+        entry["redfish_user"], entry["redfish_password"] = user, password
+    return entry
+
+
+async def _hold_until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

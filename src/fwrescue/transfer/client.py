@@ -1,0 +1,355 @@
+"""The recipient side: fetch a manifest and the missing chunks of an image from one donor.
+
+Donors are untrusted carriers. Every length read is bounded by what was asked
+(manifest: ``max_bytes``; image: the byte range of the requested chunks), every
+read has a stall timeout (TUF slow-retrieval), and an optional minimum throughput
+(Uptane's download-speed check) drops a donor that trickles. Each chunk is checked
+by ``Verifier.verify_chunk`` as soon as its last byte arrives; only then is it
+written and marked in the staging map, so a donor that dies or lies costs at most
+the chunk in flight.
+
+Errors: ``DonorUnavailable`` (refused, busy, gone, stalled, too slow — resume with
+another donor), ``TransferError`` (a donor broke HTTP: wrong status, wrong range,
+wrong length), ``ChunkMismatch`` (a chunk failed its signed digest — DECLINE this
+donor), ``SizeLimitExceeded`` (a manifest over its limit), ``StagingError`` (local
+storage). Foreign exceptions are translated at this seam with ``from e``; errors
+raised by :meth:`ImageFetcher.fetch_image` carry the partial :class:`FetchStats` in
+``fields["stats"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from fwrescue.errors import (
+    ConfigError,
+    DonorUnavailable,
+    FwRescueError,
+    SizeLimitExceeded,
+    TransferError,
+)
+from fwrescue.transfer.staging import StagedImage
+from fwrescue.transfer.tokens import TokenError, is_digest, validate_token
+from fwrescue.trust.manifest import MAX_MANIFEST_BYTES
+from fwrescue.trust.verifier import VerifiedManifest, Verifier
+
+__all__ = ["ChunkCheck", "FetchStats", "ImageFetcher", "TransferLimits"]
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d{1,19})-(\d{1,19})/(\d{1,19})$")
+#: The signature of ``Verifier.verify_chunk``; injectable so tests can observe buffers.
+ChunkCheck = Callable[[VerifiedManifest, int, bytes], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferLimits:
+    """Bounds on one donor's behaviour, in seconds and bytes."""
+
+    connect_timeout: float = 5.0
+    # No byte for this long and the donor is gone; 10 s is generous for a BMC link
+    # that moves 12 MB/s and short enough to move on before a lease ends.
+    stall_timeout: float = 10.0
+    max_manifest_bytes: int = MAX_MANIFEST_BYTES
+    # Optional bytes/s floor per request, checked once ``throughput_window`` has passed.
+    min_throughput_bps: int | None = None
+    throughput_window: float = 10.0
+    # Largest single read from the socket; chunk buffers are bounded by the chunk size.
+    read_block: int = 256 * 1024
+
+    def __post_init__(self) -> None:
+        if not 0 < self.connect_timeout <= 300 or not 0 < self.stall_timeout <= 300:
+            raise ConfigError("transfer timeouts must be in (0, 300] seconds")
+        if not 0 < self.max_manifest_bytes <= MAX_MANIFEST_BYTES:
+            raise ConfigError("max_manifest_bytes out of range",
+                              max_manifest_bytes=self.max_manifest_bytes)
+        if self.min_throughput_bps is not None and self.min_throughput_bps <= 0:
+            raise ConfigError("min_throughput_bps must be positive")
+        if not 0 < self.throughput_window <= 3600:
+            raise ConfigError("throughput_window must be in (0, 3600] seconds")
+        if not 4096 <= self.read_block <= 4 * 1024 * 1024:
+            raise ConfigError("read_block must be in [4 KiB, 4 MiB]")
+
+
+@dataclass(frozen=True)
+class FetchStats:
+    """What one ``fetch_image`` call moved.
+
+    ``chunks_refetched`` counts chunks whose bytes arrived in this call after bytes of
+    them had already arrived earlier in the staging's life (the chunk in flight when a
+    donor died, or a chunk that failed verification).
+    """
+
+    bytes_received: int
+    chunks_fetched: int
+    chunks_refetched: int
+    requests: int
+    seconds: float
+
+
+@dataclass
+class _Counters:
+    bytes_received: int = 0
+    chunks_fetched: int = 0
+    chunks_refetched: int = 0
+    requests: int = 0
+    done: int = 0
+
+    def freeze(self, seconds: float) -> FetchStats:
+        return FetchStats(self.bytes_received, self.chunks_fetched, self.chunks_refetched,
+                          self.requests, seconds)
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Contiguous inclusive runs of ascending indices: [1,2,3,7] -> [(1,3),(7,7)]."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def _endpoint(base_url: str, kind: str, digest: str) -> URL:
+    """``base_url/kind/digest``; TransferError if the donor-supplied parts are malformed."""
+    if not is_digest(digest):
+        raise TransferError("digest must be 64 lowercase hex digits")
+    try:
+        base = URL(base_url)
+    except (TypeError, ValueError) as e:
+        raise TransferError("malformed donor endpoint", detail=str(e)) from e
+    if (base.scheme not in ("http", "https") or not base.host or base.user is not None
+            or base.query_string or base.fragment):
+        raise TransferError("donor endpoint must be a plain http(s) URL", url=base_url)
+    return base.with_path(f"{base.path.rstrip('/')}/{kind}/{digest}")
+
+
+def _refusal(resp: aiohttp.ClientResponse, what: str) -> TransferError:
+    """The error for a non-success status."""
+    status = resp.status
+    if status in (401, 403, 404, 410, 503):
+        return DonorUnavailable(f"donor refused the {what}", status=status,
+                                retry_after=resp.headers.get("Retry-After"))
+    return TransferError(f"donor answered the {what} request with an unexpected status",
+                         status=status)
+
+
+class _ChunkSink:
+    """Takes complete chunks from the network: verify, write, mark, report, in that
+    order, on the event loop (a worker-thread pipeline was measured slower: a hop per
+    chunk plus GIL hand-offs cost more than the SHA-256 it would overlap). Only the
+    chunk being received is buffered. Durability syncs run in a worker thread."""
+
+    def __init__(self, verified: VerifiedManifest, staged: StagedImage, check: ChunkCheck,
+                 progress: Callable[[int, int], None] | None, *, done: int) -> None:
+        self.verified = verified
+        self.staged = staged
+        self.counters = _Counters(done=done)
+        self._check = check
+        self._progress = progress
+        self._sync: asyncio.Future[None] | None = None
+
+    def begin(self, index: int) -> None:
+        if self.staged.begin_chunk(index):
+            self.counters.chunks_refetched += 1
+
+    def put(self, index: int, data: bytes) -> None:
+        """Raise ChunkMismatch (nothing written or marked) unless ``data`` verifies."""
+        self._check(self.verified, index, data)
+        self.staged.write_chunk(index, data)
+        self.staged.mark_verified(index)
+        length = len(data)
+        self.counters.chunks_fetched += 1
+        self.counters.done += length
+        if self._progress is not None:
+            self._progress(self.counters.done, self.verified.manifest.size)
+        if self.staged.sync_due and (self._sync is None or self._sync.done()):
+            previous = self._sync
+            if previous is not None:
+                previous.result()  # a failed sync is a StagingError now, not later
+            self._sync = asyncio.get_running_loop().run_in_executor(None, self.staged.sync)
+
+    async def close(self) -> None:
+        """Wait for a background sync, so no thread touches the staging afterwards."""
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            await sync
+
+
+class ImageFetcher:
+    """Fetches manifests and images from donors over an injected aiohttp session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        limits: TransferLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        verify_chunk: ChunkCheck = Verifier.verify_chunk,
+    ) -> None:
+        self._session = session
+        self.limits = limits or TransferLimits()
+        self._clock = clock
+        self._verify_chunk = verify_chunk
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.limits.connect_timeout,
+            sock_connect=self.limits.connect_timeout, sock_read=self.limits.stall_timeout)
+
+    def _headers(self, token: str) -> dict[str, str]:
+        try:
+            validate_token(token)
+        except TokenError as e:
+            raise TransferError("malformed transfer token from donor") from e
+        return {"Authorization": f"Bearer {token}"}
+
+    # --- manifests --------------------------------------------------------------------------
+
+    async def fetch_manifest(self, base_url: str, digest: str, token: str, *,
+                             max_bytes: int | None = None) -> bytes:
+        """The raw envelope at ``base_url/manifests/digest``, at most ``max_bytes``.
+
+        Reading stops as soon as the limit is passed (SizeLimitExceeded). The caller
+        then runs ``Verifier.verify_manifest(raw, ..., expected_digest=digest)``.
+        """
+        limit = self.limits.max_manifest_bytes if max_bytes is None else max_bytes
+        url = _endpoint(base_url, "manifests", digest)
+        headers = self._headers(token)
+        try:
+            async with self._session.get(url, headers=headers, timeout=self._timeout,
+                                         allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise _refusal(resp, "manifest")
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise SizeLimitExceeded("manifest larger than allowed",
+                                            size=resp.content_length, limit=limit)
+                body = bytearray()
+                while True:
+                    block = await resp.content.read(min(self.limits.read_block,
+                                                        limit + 1 - len(body)))
+                    if not block:
+                        break
+                    body += block
+                    if len(body) > limit:
+                        raise SizeLimitExceeded("manifest larger than allowed", limit=limit)
+                return bytes(body)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError,
+                ConnectionError) as e:
+            raise DonorUnavailable("donor lost while sending the manifest",
+                                   detail=repr(e)) from e
+        except aiohttp.ClientError as e:
+            raise TransferError("manifest request failed", detail=repr(e)) from e
+
+    # --- images -----------------------------------------------------------------------------
+
+    async def fetch_image(
+        self,
+        base_url: str,
+        token: str,
+        verified: VerifiedManifest,
+        staged: StagedImage,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> FetchStats:
+        """Fetch every chunk ``staged`` is missing, one Range request per contiguous run.
+
+        Each chunk is verified, written and marked as it completes; on any error the
+        verified chunks stay verified and the error carries ``fields["stats"]``.
+        """
+        manifest = verified.manifest
+        if staged.sha256 != manifest.sha256 or staged.size != manifest.size:
+            raise ConfigError("staged image does not match the manifest")
+        url = _endpoint(base_url, "images", manifest.sha256)
+        headers = self._headers(token)
+        started = self._clock()
+        missing = staged.missing()
+        sink = _ChunkSink(verified, staged, self._verify_chunk, progress,
+                          done=manifest.size - sum(manifest.chunk_span(i)[1] for i in missing))
+        try:
+            try:
+                for first, last in _runs(missing):
+                    await self._fetch_run(url, headers, sink, first, last)
+            finally:
+                await sink.close()
+        except FwRescueError as e:
+            e.fields.setdefault("stats", sink.counters.freeze(self._clock() - started))
+            raise
+        return sink.counters.freeze(self._clock() - started)
+
+    async def _fetch_run(self, url: URL, headers: dict[str, str], sink: _ChunkSink,
+                         first: int, last: int) -> None:
+        manifest = sink.verified.manifest
+        start = manifest.chunk_span(first)[0]
+        last_offset, last_length = manifest.chunk_span(last)
+        end = last_offset + last_length  # exclusive
+        request_headers = dict(headers, Range=f"bytes={start}-{end - 1}")
+        sink.counters.requests += 1
+        try:
+            async with self._session.get(url, headers=request_headers, timeout=self._timeout,
+                                         allow_redirects=False) as resp:
+                self._check_image_response(resp, start, end, manifest.size)
+                request_started = self._clock()
+                received = 0
+                for index in range(first, last + 1):
+                    _, length = manifest.chunk_span(index)
+                    parts: list[bytes] = []
+                    got = 0
+                    while got < length:
+                        block = await resp.content.read(min(length - got,
+                                                            self.limits.read_block))
+                        if not block:
+                            raise DonorUnavailable("donor ended the image early",
+                                                   chunk=index, expected=end - start,
+                                                   received=received)
+                        if got == 0:
+                            sink.begin(index)
+                        parts.append(block)
+                        got += len(block)
+                        received += len(block)
+                        sink.counters.bytes_received += len(block)
+                        self._check_throughput(received, request_started)
+                    sink.put(index, parts[0] if len(parts) == 1 else b"".join(parts))
+                    del parts
+                if not resp.content.at_eof():
+                    resp.close()  # never read past what was asked; drop the connection
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError,
+                ConnectionError) as e:
+            raise DonorUnavailable("donor lost mid-transfer", detail=repr(e)) from e
+        except aiohttp.ClientError as e:
+            raise TransferError("image request failed", detail=repr(e)) from e
+
+    def _check_image_response(self, resp: aiohttp.ClientResponse, start: int, end: int,
+                              size: int) -> None:
+        """The response must carry exactly the asked range of an image of ``size`` bytes."""
+        if resp.status == 200 and start == 0 and end == size:
+            pass  # a donor may ignore Range when the whole image was asked for
+        elif resp.status == 206:
+            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if match is None or tuple(int(g) for g in match.groups()) != (start, end - 1,
+                                                                           size):
+                raise TransferError("donor sent another range than asked",
+                                    content_range=resp.headers.get("Content-Range"),
+                                    asked=f"{start}-{end - 1}/{size}")
+        elif resp.status in (200, 416):
+            raise TransferError("donor does not serve the asked range of this image",
+                                status=resp.status)
+        else:
+            raise _refusal(resp, "image")
+        length = resp.content_length
+        if length is not None and length != end - start:
+            # An over-long body is an endless-data attempt: cut off before reading it.
+            raise TransferError("donor announced another length than asked",
+                                content_length=length, asked=end - start)
+
+    def _check_throughput(self, received: int, since: float) -> None:
+        floor = self.limits.min_throughput_bps
+        if floor is None:
+            return
+        elapsed = self._clock() - since
+        if elapsed >= self.limits.throughput_window and received < floor * elapsed:
+            raise DonorUnavailable("donor is slower than the minimum throughput",
+                                   bytes_per_s=int(received / elapsed), floor=floor)

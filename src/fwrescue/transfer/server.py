@@ -1,0 +1,355 @@
+"""The donor side: content-addressed HTTP for signed manifests and images (aiohttp).
+
+Endpoints (every digest is 64 lowercase hex digits, else 400):
+
+``GET /manifests/{digest}``
+    The signed manifest envelope exactly as stored.
+``GET|HEAD /images/{sha256}``
+    The raw image. One ``Range: bytes=a-b`` / ``a-`` / ``-n`` gives 206 with
+    ``Content-Range``; an unsatisfiable, malformed or multi-range ``bytes`` range gives
+    416 with ``Content-Range: bytes */size``; a range in another unit is ignored
+    (RFC 9110 §14.2) and the whole image is sent.
+
+Every request carries ``Authorization: Bearer <token>`` checked by the
+:class:`~fwrescue.transfer.tokens.TokenRegistry` (401/403, JSON error body). Checks run
+in the order digest shape (400), token (401/403), existence (404), so a token holder
+learns nothing about content it was not granted.
+
+Admission control: at most ``max_uploads`` image bodies stream at once; others get 503
+with ``Retry-After``. ``on_load_change(n)`` reports the live count (OFFERs carry it).
+An optional per-upload rate limit paces the body (to simulate a 100 Mb/s BMC link).
+Bodies are read from the file in ``read_block`` pieces, so memory per upload is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from aiohttp import web
+
+from fwrescue.errors import ConfigError
+from fwrescue.transfer.tokens import TokenError, TokenRegistry, is_digest
+
+__all__ = [
+    "IMAGE_CATALOG",
+    "SERVER_STATE",
+    "ImageCatalog",
+    "ServerStats",
+    "TransferServer",
+    "TransferServerSettings",
+    "create_transfer_app",
+    "parse_range",
+]
+
+# Bytes per token are kept for the most recent tokens only, so a long-lived donor's
+# bookkeeping stays bounded.
+_MAX_TOKEN_STATS = 4096
+# A Range header longer than this is not a single range we would serve.
+_MAX_RANGE_HEADER = 128
+_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
+
+
+class ImageCatalog(Protocol):
+    """Where a donor finds content by address. ``None`` means "not held here"."""
+
+    def manifest_bytes(self, digest: str) -> bytes | None: ...
+
+    def image_path(self, sha256: str) -> Path | None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferServerSettings:
+    """Donor limits. ``rate_limit_bps`` is bytes per second per upload (None: unpaced)."""
+
+    max_uploads: int = 4
+    rate_limit_bps: int | None = None
+    retry_after_s: int = 2
+    # 256 KiB reads keep a thread-pool hop well below the cost of the bytes moved.
+    read_block: int = 256 * 1024
+    shutdown_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_uploads <= 1024:
+            raise ConfigError("max_uploads must be in [1, 1024]", max_uploads=self.max_uploads)
+        if self.rate_limit_bps is not None and self.rate_limit_bps < 1024:
+            raise ConfigError("rate_limit_bps must be at least 1024",
+                              rate_limit_bps=self.rate_limit_bps)
+        if not 1 <= self.retry_after_s <= 3600:
+            raise ConfigError("retry_after_s must be in [1, 3600]")
+        if not 4096 <= self.read_block <= 4 * 1024 * 1024:
+            raise ConfigError("read_block must be in [4 KiB, 4 MiB]")
+        # aiohttp reads 0 as "no timeout", so a grace period must be positive.
+        if not 0 < self.shutdown_timeout <= 60:
+            raise ConfigError("shutdown_timeout must be in (0, 60]")
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """A snapshot of what a donor served."""
+
+    active_uploads: int
+    peak_uploads: int
+    uploads_started: int
+    uploads_refused: int
+    image_bytes: int
+    bytes_by_token: dict[str, int]
+
+
+class _State:
+    """Live counters of one app; mutated only on its event loop."""
+
+    def __init__(self, on_load_change: Callable[[int], None] | None) -> None:
+        self.on_load_change = on_load_change
+        self.active = 0
+        self.peak = 0
+        self.started = 0
+        self.refused = 0
+        self.image_bytes = 0
+        self.by_token: OrderedDict[str, int] = OrderedDict()
+
+    def add_bytes(self, token: str, n: int) -> None:
+        self.image_bytes += n
+        self.by_token[token] = self.by_token.get(token, 0) + n
+        self.by_token.move_to_end(token)
+        while len(self.by_token) > _MAX_TOKEN_STATS:
+            self.by_token.popitem(last=False)
+
+    def load(self, delta: int) -> None:
+        self.active += delta
+        self.peak = max(self.peak, self.active)
+        if self.on_load_change is not None:
+            self.on_load_change(self.active)
+
+    def snapshot(self) -> ServerStats:
+        return ServerStats(active_uploads=self.active, peak_uploads=self.peak,
+                           uploads_started=self.started, uploads_refused=self.refused,
+                           image_bytes=self.image_bytes, bytes_by_token=dict(self.by_token))
+
+
+IMAGE_CATALOG = web.AppKey("fwrescue_image_catalog", ImageCatalog)
+TOKENS = web.AppKey("fwrescue_tokens", TokenRegistry)
+SETTINGS = web.AppKey("fwrescue_transfer_settings", TransferServerSettings)
+SERVER_STATE = web.AppKey("fwrescue_transfer_state", _State)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """Parse a single byte range against ``size``; return inclusive (first, last).
+
+    None means "send the whole image" (no header, or a unit other than bytes). Raises
+    ValueError for a malformed, multi-range or unsatisfiable ``bytes`` range.
+    """
+    if header is None:
+        return None
+    header = header.strip()
+    if not header.lower().startswith("bytes="):
+        return None
+    if len(header) > _MAX_RANGE_HEADER:
+        raise ValueError("range header too long")
+    match = _RANGE.match(header)
+    if match is None:
+        raise ValueError("only one well-formed byte range is supported")
+    first_s, last_s = match.groups()
+    if first_s == "":
+        if last_s == "" or int(last_s) == 0:
+            raise ValueError("empty suffix range")
+        return max(0, size - int(last_s)), size - 1
+    first = int(first_s)
+    last = size - 1 if last_s == "" else min(int(last_s), size - 1)
+    if first >= size or first > last:
+        raise ValueError("range not satisfiable")
+    return first, last
+
+
+def _error(status: int, code: str, message: str,
+           headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status,
+                             headers=headers)
+
+
+def _token_error(e: TokenError) -> web.Response:
+    challenge = f'Bearer realm="fwrescue", error="{e.bearer_error}"'
+    return _error(e.http_status, e.message_id, e.message, {"WWW-Authenticate": challenge})
+
+
+def _bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip()
+
+
+def _authorize(request: web.Request, digest: str) -> str | web.Response:
+    """The token if it opens ``digest``, else the error response to send."""
+    if not is_digest(digest):
+        return _error(400, "Base.1.22.InvalidURI", "digest must be 64 lowercase hex")
+    token = _bearer(request)
+    try:
+        request.app[TOKENS].check(token, sha256_or_digest=digest)
+    except TokenError as e:
+        return _token_error(e)
+    return token or ""  # check() refused None and ""
+
+
+async def _get_manifest(request: web.Request) -> web.StreamResponse:
+    digest = request.match_info["digest"]
+    auth = _authorize(request, digest)
+    if isinstance(auth, web.Response):
+        return auth
+    raw = request.app[IMAGE_CATALOG].manifest_bytes(digest)
+    if raw is None:
+        return _error(404, "Base.1.22.ResourceNotFound", "no such manifest")
+    return web.Response(body=raw, content_type="application/json",
+                        headers={"ETag": f'"{digest}"', "Cache-Control": "no-store"})
+
+
+async def _image(request: web.Request) -> web.StreamResponse:
+    sha256 = request.match_info["sha256"]
+    auth = _authorize(request, sha256)
+    if isinstance(auth, web.Response):
+        return auth
+    token = auth
+    path = request.app[IMAGE_CATALOG].image_path(sha256)
+    if path is None:
+        return _error(404, "Base.1.22.ResourceNotFound", "no such image")
+    loop = asyncio.get_running_loop()
+    try:
+        fd = await loop.run_in_executor(None, os.open, path, os.O_RDONLY)
+    except OSError:
+        return _error(404, "Base.1.22.ResourceNotFound", "image not readable")
+    try:
+        size = os.fstat(fd).st_size
+        return await _send_image(request, fd, size, sha256, token)
+    finally:
+        os.close(fd)
+
+
+async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
+                      token: str) -> web.StreamResponse:
+    try:
+        span = parse_range(request.headers.get("Range"), size)
+    except ValueError as e:
+        return _error(416, "Base.1.22.PropertyValueOutOfRange", str(e),
+                      {"Content-Range": f"bytes */{size}"})
+    first, last = span if span is not None else (0, size - 1)
+    headers = {"Accept-Ranges": "bytes", "ETag": f'"{sha256}"', "Cache-Control": "no-store",
+               "Content-Type": "application/octet-stream"}
+    resp = web.StreamResponse(status=200 if span is None else 206, headers=headers)
+    if span is not None:
+        resp.headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    resp.content_length = last - first + 1
+    if request.method == "HEAD":
+        await resp.prepare(request)
+        return resp
+    state = request.app[SERVER_STATE]
+    settings = request.app[SETTINGS]
+    if state.active >= settings.max_uploads:
+        state.refused += 1
+        return _error(503, "Base.1.22.ServiceTemporarilyUnavailable", "donor is busy",
+                      {"Retry-After": str(settings.retry_after_s)})
+    state.started += 1
+    state.load(+1)
+    try:
+        await resp.prepare(request)
+        await _stream(request, resp, fd, first, last, token)
+        await resp.write_eof()
+    finally:
+        state.load(-1)
+    return resp
+
+
+async def _stream(request: web.Request, resp: web.StreamResponse, fd: int, first: int,
+                  last: int, token: str) -> None:
+    settings = request.app[SETTINGS]
+    state = request.app[SERVER_STATE]
+    loop = asyncio.get_running_loop()
+    rate = settings.rate_limit_bps
+    block = settings.read_block if rate is None else max(4096, min(settings.read_block,
+                                                                   rate // 20))
+    offset, end = first, last + 1
+    started = loop.time()
+    while offset < end:
+        data = await loop.run_in_executor(None, os.pread, fd, min(block, end - offset), offset)
+        if not data:
+            # The file shrank under us: never pad; abort so the client sees a short body.
+            raise ConnectionResetError("image file shorter than announced")
+        await resp.write(data)
+        offset += len(data)
+        state.add_bytes(token, len(data))
+        if rate is not None:
+            ahead = (offset - first) / rate - (loop.time() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+
+def create_transfer_app(
+    catalog: ImageCatalog,
+    tokens: TokenRegistry,
+    settings: TransferServerSettings | None = None,
+    *,
+    on_load_change: Callable[[int], None] | None = None,
+) -> web.Application:
+    """Build the donor's transfer application (no global state)."""
+    app = web.Application(client_max_size=1024)  # requests carry no body
+    app[IMAGE_CATALOG] = catalog
+    app[TOKENS] = tokens
+    app[SETTINGS] = settings or TransferServerSettings()
+    app[SERVER_STATE] = _State(on_load_change)
+    app.router.add_get("/manifests/{digest}", _get_manifest, allow_head=False)
+    app.router.add_get("/images/{sha256}", _image, allow_head=True)
+    return app
+
+
+class TransferServer:
+    """The transfer app bound to a TCP port."""
+
+    def __init__(
+        self,
+        catalog: ImageCatalog,
+        tokens: TokenRegistry,
+        settings: TransferServerSettings | None = None,
+        *,
+        on_load_change: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings or TransferServerSettings()
+        self.app = create_transfer_app(catalog, tokens, self.settings,
+                                       on_load_change=on_load_change)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def stats(self) -> ServerStats:
+        return self.app[SERVER_STATE].snapshot()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``host:port`` (0 picks a free port) and return the base URL."""
+        if self._runner is not None:
+            raise ConfigError("transfer server already started")
+        runner = web.AppRunner(self.app, access_log=None,
+                               shutdown_timeout=self.settings.shutdown_timeout)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise ConfigError("cannot listen for transfers", host=host, port=port,
+                              detail=str(e)) from e
+        self._runner = runner
+        bound = runner.addresses[0]
+        bound_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        return f"http://{bound_host}:{bound[1]}"
+
+    async def stop(self) -> None:
+        """Stop listening; in-flight uploads get ``shutdown_timeout`` then are cut."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
