@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fwrescue.config import AgentConfig, TargetConfig
 from fwrescue.donor import DonorService
@@ -85,6 +86,7 @@ class Agent:
         self.targets: dict[str, TargetRuntime] = {}
         self.results: dict[str, OperationResult] = {}
         self.redfish_url: str | None = None
+        self._redfish_runner: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -98,6 +100,8 @@ class Agent:
         for target in self.config.targets:
             self.targets[target.name] = self._build_target(target)
         self._started = True
+        if self.config.redfish.enabled:
+            await self._start_redfish()
         if run_startup_checks:
             for runtime in self.targets.values():
                 self._tasks.append(asyncio.create_task(self._startup(runtime)))
@@ -109,6 +113,9 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._redfish_runner is not None:
+            await self._redfish_runner.cleanup()
+            self._redfish_runner = None
         await self.donor.stop()
         for runtime in self.targets.values():
             if runtime.host is not None:
@@ -146,6 +153,21 @@ class Agent:
             network=network, events=self._on_event)
         engine_holder.append(engine)
         return TargetRuntime(config=target, flash=flash, host=host, engine=engine)
+
+    async def _start_redfish(self) -> None:
+        from fwrescue.agent_redfish import AgentBackend, redfish_accounts
+        from fwrescue.redfish.app import create_redfish_app, start_redfish_server
+        from fwrescue.redfish.settings import RedfishSettings as ServiceSettings
+
+        rf = self.config.redfish
+        state = self.config.state_dir / "redfish"
+        settings = ServiceSettings(
+            accounts=redfish_accounts(rf.users), upload_dir=state / "uploads",
+            # the package adds its manifest (at most 2 MiB) and tar headers to the image
+            max_image_size=self.config.max_image_size + 4 * 1024 * 1024)
+        app = create_redfish_app(AgentBackend(self), settings)
+        self._redfish_runner, self.redfish_url = await start_redfish_server(
+            app, rf.host, rf.port, rf.tls, state)
 
     def _on_event(self, event: OperationEvent) -> None:
         self.events(event)

@@ -19,17 +19,19 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fwrescue", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fwrescue", description="Self-healing server firmware across a fleet.")
     parser.add_argument("--version", action="version", version=f"fwrescue {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-vv for debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    from fwrescue import runcli
+    from fwrescue import rfcli, runcli
     from fwrescue.image import cli as image_cli
 
     runcli.register_run_commands(subparsers)
     image_cli.register_image_commands(subparsers)
+    rfcli.register_redfish_commands(subparsers)
     return parser
 
 

@@ -137,13 +137,13 @@ class SignatureError(TrustError):
 class CompatibilityError(TrustError):
     """The package targets another component or another machine."""
 
-    message_id = "Update.1.3.InvalidUpdateTarget"
+    message_id = "Update.1.3.UpdateNotApplicable"
 
 
 class RollbackError(TrustError):
     """The package's security version is below the anti-rollback floor."""
 
-    message_id = "Update.1.3.UpdateNotAllowed"
+    message_id = "Update.1.3.UpdateSkippedVersionTooLow"
 
 
 class ChunkMismatch(TrustError):

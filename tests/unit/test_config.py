@@ -83,3 +83,14 @@ def test_non_multicast_group_is_refused(tmp_path: Path) -> None:
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="TOML"):
         load_config(write(tmp_path, "[agent\n"))
+
+
+def test_the_shipped_example_config_loads_and_its_sources_build() -> None:
+    from fwrescue.sources.ladder import build_sources
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "agent.toml"
+    config = load_config(example)
+    assert [t.name for t in config.targets] == ["bios", "cpld"]
+    assert config.redfish.enabled and config.redfish.users[1][2] == "ReadOnly"
+    sources = build_sources(list(config.targets[0].sources))
+    assert [type(s).__name__ for s in sources][-1] == "HttpSource"

@@ -123,6 +123,7 @@ class RecoveryEngine:
         self.current: JournalRecord | None = None
         self.last_result: OperationResult | None = None
         self.last_boot: BootResult | None = None
+        self._percent = 0
 
     # --- what is installed ---------------------------------------------------------------
 
@@ -205,19 +206,33 @@ class RecoveryEngine:
             return None
         return await self.recover(f"integrity check at start: {integrity.reason}")
 
-    async def recover(self, reason: str) -> OperationResult:
+    async def recover(self, reason: str, *, op_id: str | None = None) -> OperationResult:
         """Find a verified image for this board (sources, then donors) and install it."""
-        return await self._run("recovery", reason)
+        return await self._run("recovery", reason, op_id=op_id)
 
-    async def install_package(self, package: Path, *, stage: Callable[..., Any],
-                              reason: str = "operator update") -> OperationResult:
-        """Install an operator-supplied package; ``stage(verifier, path, target=…,
-        machine_name=…, staging_dir=…)`` verifies and stages it (TrustError if it is bad)."""
+    async def verify_package(self, package: Path, *, stage: Callable[..., Any],
+                             origin: str = "operator") -> Located:
+        """Verify and stage an operator-supplied package (every trust step; TrustError if it
+        is bad). ``stage(verifier, path, target=…, machine_name=…, staging_dir=…)`` is
+        :func:`fwrescue.image.package.stage_package`."""
         verified, image = await asyncio.to_thread(
             stage, self._verifier, package, target=self.settings.target,
             machine_name=self.settings.machine_name, staging_dir=self._workdir)
-        located = Located(verified=verified, image=image, origin="operator")
-        return await self._run("update", reason, located=located)
+        return Located(verified=verified, image=image, origin=origin)
+
+    async def apply(self, located: Located, *, reason: str = "operator update",
+                    op_id: str | None = None) -> OperationResult:
+        """Install an already verified and staged image (from :meth:`verify_package`)."""
+        return await self._run("update", reason, located=located, op_id=op_id)
+
+    async def install_package(self, package: Path, *, stage: Callable[..., Any],
+                              reason: str = "operator update") -> OperationResult:
+        """:meth:`verify_package` then :meth:`apply`."""
+        return await self.apply(await self.verify_package(package, stage=stage), reason=reason)
+
+    @staticmethod
+    def new_op_id(kind: str) -> str:
+        return f"{kind[:3]}-{secrets.token_hex(4)}"
 
     async def guarded_power_on(self) -> bool:
         """Power the host on only onto verified flash; recover first when it does not verify."""
@@ -234,14 +249,14 @@ class RecoveryEngine:
     # --- the pipeline ------------------------------------------------------------------
 
     async def _run(self, kind: str, reason: str, *, resume: JournalRecord | None = None,
-                   located: Located | None = None) -> OperationResult:
+                   located: Located | None = None, op_id: str | None = None) -> OperationResult:
         async with self._lock:
             started = self._clock()
             if resume is not None:
                 record = resume.advance(resume.phase, restarts=resume.restarts + 1)
             else:
                 record = JournalRecord(
-                    op_id=f"{kind[:3]}-{secrets.token_hex(4)}", kind=kind, phase=Phase.DETECTED,
+                    op_id=op_id or self.new_op_id(kind), kind=kind, phase=Phase.DETECTED,
                     reason=reason, started_at=started, version_before=self.installed_version)
             self._transcript = []
             self._record(record)
@@ -330,11 +345,16 @@ class RecoveryEngine:
     async def _write_verified(self, verified: VerifiedManifest, image: Path) -> None:
         """Write with retries; every attempt ends in an independent read-back check."""
         Verifier.verify_image_file(verified, image)  # the bytes about to be written
+        loop = asyncio.get_running_loop()
+
+        def progress(done: int, total: int) -> None:  # called on the flash thread
+            loop.call_soon_threadsafe(self._flash_progress, done, total)
+
         attempts = 1 + self.settings.flash_retries
         for attempt in range(1, attempts + 1):
             try:
                 report = await asyncio.to_thread(
-                    self._flash.write, self.settings.region_offset, image, self._flash_progress)
+                    self._flash.write, self.settings.region_offset, image, progress)
                 self._note("flashed", attempt=attempt, erased=report.erase_count,
                            programmed=report.bytes_programmed, skipped=report.skipped_bytes)
                 digest = await asyncio.to_thread(self._flash_digest, verified.manifest.size)
@@ -351,7 +371,6 @@ class RecoveryEngine:
 
     def _flash_progress(self, done: int, total: int) -> None:
         pct = 60 + (25 * done // total if total else 0)
-        # Called from the flash thread: hop onto the event loop's sink only through the sink.
         self._emit(OperationState.RUNNING, "flashing", pct, f"{done}/{total} bytes")
 
     async def _hold_host(self) -> None:
@@ -408,20 +427,25 @@ class RecoveryEngine:
         return record
 
     def _emit(self, state: OperationState, phase: str, percent: int, message: str, *,
-              message_id: str | None = None, op: JournalRecord | None = None) -> None:
+              message_id: str | None = None, op: JournalRecord | None = None,
+              entry: dict[str, Any] | None = None) -> None:
         op = op or self.current
+        self._percent = percent
         if self._events is None or op is None:
             return
         self._events(OperationEvent(
             op_id=op.op_id, kind=op.kind, target=self.settings.target, state=state,
             phase=phase, percent=percent, message=message,
             message_id=message_id or "TaskEvent.1.0.TaskProgressChanged",
-            fields={"origin": op.origin, "donor_id": op.donor_id}))
+            fields={"origin": op.origin, "donor_id": op.donor_id}, transcript_entry=entry))
 
     def _note(self, event: str, **fields: Any) -> None:
         entry = {"t": round(self._clock(), 3), "event": event, **fields}
         self._transcript.append(entry)
         log.debug("%s %s: %s %s", self.settings.node_id, self.settings.target, event, fields)
+        if self.current is not None:
+            self._emit(OperationState.RUNNING, self.current.phase.value, self._percent, event,
+                       entry=entry)
 
     def transcript(self) -> list[dict[str, Any]]:
         return list(self._transcript)

@@ -5,8 +5,12 @@ The loop over offers is the protocol's; this module only reacts to its events:
 
 * ``DonorAcked`` → fetch the manifest by digest, verify it (every trust step), fetch
   the missing chunks into staging, verify the whole image, RELEASE, done;
-* a trust failure (bad signature, other board, rollback, bad chunk) → DECLINE: the
-  donor's digest is never accepted again in this session;
+* the manifest the offer names fails verification (bad signature, other board,
+  rollback) → DECLINE: that digest is never accepted again in this session, from anyone;
+* the donor's *bytes* fail (a manifest that does not hash to the offered digest, a chunk
+  that does not match a genuine manifest) → the donor is a bad carrier, not the image:
+  ``donor_failed`` blames that donor only, so honest donors of the same digest still heal
+  (the transcript still records it as ``declined``, with ``blame = "donor"``);
 * a transfer failure (donor died, stalled, refused) → ``donor_failed``: the next
   offer is accepted and the transfer resumes from the verified chunks on disk;
 * ``GaveUp`` → :class:`~fwrescue.errors.RecoveryFailed`.
@@ -14,6 +18,7 @@ The loop over offers is the protocol's; this module only reacts to its events:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Callable
@@ -25,12 +30,12 @@ import aiohttp
 
 from fwrescue.config import NetworkSettings, TimerSettings
 from fwrescue.donor import codec_for, multicast_config
-from fwrescue.errors import RecoveryFailed, TransferError, TrustError
+from fwrescue.errors import FwRescueError, RecoveryFailed, TransferError, TrustError
 from fwrescue.protocol.events import DonorAcked, Event, GaveUp
 from fwrescue.protocol.policy import Policy
 from fwrescue.protocol.recipient import RecipientIdentity, RecipientSession, RecipientTimers
 from fwrescue.recovery.ports import FetchRequest, Located, TranscriptLog
-from fwrescue.transfer.client import ImageFetcher, TransferLimits
+from fwrescue.transfer.client import FetchStats, ImageFetcher, TransferLimits
 from fwrescue.transfer.staging import StagingArea
 from fwrescue.transport.udp import SessionDriver, UdpMulticastLink
 from fwrescue.trust.verifier import Verifier
@@ -111,11 +116,16 @@ class NetworkRecovery:
                         progress: Callable[[int, int], None]) -> Located | None:
         offer = ack.offer
         url, digest = offer.transfer_url, offer.manifest_digest
+        manifest_at_fault = False
         try:
             raw = await fetcher.fetch_manifest(url, digest, ack.token)
+            # Whatever fails from here to "manifest verified" is the fault of the signed
+            # manifest itself only when the donor sent the bytes the offer named.
+            manifest_at_fault = hashlib.sha256(raw).hexdigest() == digest
             verified = self._verifier.verify_manifest(
                 raw, target=request.target, machine_name=request.machine_name,
                 expected_digest=digest)
+            manifest_at_fault = False
             log_event("manifest verified", donor=offer.donor_id,
                       version=verified.manifest.version,
                       security_version=verified.manifest.security_version)
@@ -127,13 +137,18 @@ class NetworkRecovery:
                 staged.close()
         except TrustError as e:
             log.warning("%s: declining %s's image: %s", self._node_id, offer.donor_id, e)
-            log_event("declined", donor=offer.donor_id, reason=str(e))
+            blame = "manifest" if manifest_at_fault else "donor"
+            log_event("declined", donor=offer.donor_id, reason=str(e), blame=blame,
+                      **_moved(e))
             why = _reason(e)
-            driver.act(lambda now: session.decline(why, now))
+            if manifest_at_fault:
+                driver.act(lambda now: session.decline(why, now))
+            else:
+                driver.act(lambda now: session.donor_failed(why, now))
             return None
         except TransferError as e:
             log.warning("%s: transfer from %s failed: %s", self._node_id, offer.donor_id, e)
-            log_event("donor failed", donor=offer.donor_id, reason=str(e))
+            log_event("donor failed", donor=offer.donor_id, reason=str(e), **_moved(e))
             why = _reason(e)
             driver.act(lambda now: session.donor_failed(why, now))
             return None
@@ -143,6 +158,14 @@ class NetworkRecovery:
         return Located(verified=verified, image=image,
                        origin=f"{offer.donor_kind}:{offer.donor_id}", donor_id=offer.donor_id,
                        donor_kind=str(offer.donor_kind))
+
+
+def _moved(error: FwRescueError) -> dict[str, int]:
+    """What a failed image fetch had moved (bytes and refetched chunks), for the transcript."""
+    stats = error.fields.get("stats")
+    if not isinstance(stats, FetchStats):
+        return {}
+    return {"bytes": stats.bytes_received, "refetched_chunks": stats.chunks_refetched}
 
 
 def _reason(error: Exception) -> str:

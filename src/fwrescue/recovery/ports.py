@@ -52,6 +52,8 @@ class OperationEvent:
     message_id: str = "TaskEvent.1.0.TaskProgressChanged"
     args: tuple[str, ...] = ()
     fields: dict[str, Any] = field(default_factory=dict)
+    #: one line of the operation's transcript (negotiation, transfer, flash, boot), if any
+    transcript_entry: dict[str, Any] | None = None
 
 
 EventSink = Callable[[OperationEvent], None]

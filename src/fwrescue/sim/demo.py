@@ -52,9 +52,17 @@ def _isolated_network(rng: random.Random) -> NetworkSettings:
                            port=rng.randint(20000, 60000))
 
 
-def _corrupted_indices(nodes: int, corrupt: int) -> list[int]:
-    """Spread the corrupted nodes across the fleet (and so across boards)."""
-    return sorted({(i * nodes) // corrupt for i in range(corrupt)})
+def _corrupted_indices(nodes: int, corrupt: int, boards: int = 1) -> list[int]:
+    """Spread the corrupted nodes across the fleet and round-robin across the boards (node
+    ``i`` is on board ``i % boards``): pick ``k`` is the first free node at or after
+    ``k·nodes/corrupt`` (wrapping) on board ``k % boards``, else the first free one."""
+    picked: list[int] = []
+    for k in range(corrupt):
+        start = (k * nodes) // corrupt
+        free = sorted((i for i in range(nodes) if i not in picked),
+                      key=lambda i: (i - start) % nodes)
+        picked.append(next((i for i in free if i % boards == k % boards), free[0]))
+    return sorted(picked)
 
 
 def _ovmf_code() -> bytes:
@@ -80,7 +88,7 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
         redfish=RedfishSettings(enabled=True, tls=False, users=(
             ("admin", f"demo-{rng.getrandbits(48):012x}", "Administrator"),))
         if options.redfish or options.hold else None)
-    for index in _corrupted_indices(options.nodes, options.corrupt):
+    for index in _corrupted_indices(options.nodes, options.corrupt, options.boards):
         corrupt_node(plan.nodes[index])
     return await _run_fleet(plan, options)
 

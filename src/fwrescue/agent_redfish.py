@@ -1,0 +1,216 @@
+"""The agent's side of the Redfish seam: :class:`AgentBackend` implements
+:class:`~fwrescue.redfish.backend.RedfishBackend` over a running :class:`~fwrescue.agent.Agent`.
+
+Policies that Redfish can never bypass live in the engine and the verifier: an
+update package passes every trust step (signature, board, anti-rollback) before a
+Task exists; ``ForceUpdate`` only allows reinstalling the version already installed;
+``Reset`` to On powers the host only onto verified flash (recovering first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fwrescue import __version__
+from fwrescue.errors import CompatibilityError, ConfigError, HostError, PackageError
+from fwrescue.host.base import PowerState
+from fwrescue.image.package import open_package, stage_package
+from fwrescue.recovery.ports import OperationEvent as EngineEvent
+from fwrescue.recovery.ports import OperationState as EngineState
+from fwrescue.redfish.backend import (
+    ApplyTime,
+    ImageInfo,
+    OperationEvent,
+    ResetType,
+    SystemIdentity,
+    TargetInfo,
+    Unsubscribe,
+)
+
+if TYPE_CHECKING:
+    from fwrescue.agent import Agent
+
+__all__ = ["AgentBackend", "AlreadyInstalled"]
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyInstalled(CompatibilityError):
+    """The package's version is already installed and ForceUpdate was not set."""
+
+    message_id = "Update.1.3.UpdateSkippedSameVersion"
+
+
+def _json_safe(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, str | int | float | bool | type(None)) else str(v)
+            for k, v in entry.items()}
+
+
+class AgentBackend:
+    """RedfishBackend over one agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending: dict[str, Any] = {}  # target -> Located, applied at the next reset
+
+    # --- identity and power ------------------------------------------------------------------
+
+    def identity(self) -> SystemIdentity:
+        config = self._agent.config
+        return SystemIdentity(
+            system_id=config.node_id, manager_id="bmc", chassis_id="chassis",
+            machine_name=config.machine_name, serial=config.node_id,
+            model=config.machine_name, manager_firmware_version=f"fwrescue {__version__}")
+
+    def _bios(self) -> Any:
+        for runtime in self._agent.targets.values():
+            if runtime.host is not None:
+                return runtime
+        return None
+
+    async def power_state(self) -> PowerState:
+        runtime = self._bios()
+        if runtime is None:
+            return PowerState.OFF
+        return await runtime.host.power_state()  # type: ignore[no-any-return]
+
+    async def reset(self, kind: ResetType) -> None:
+        runtime = self._bios()
+        if runtime is None:
+            raise HostError("this agent manages no host")
+        host, engine = runtime.host, runtime.engine
+        if kind in ("ForceOff", "GracefulShutdown", "ForceRestart", "PowerCycle"):
+            await host.power_off()
+        if kind in ("On", "ForceRestart", "PowerCycle"):
+            pending = self._pending.pop(runtime.config.name, None)
+            if pending is not None:  # OnReset apply time: install before running the host
+                await engine.apply(pending, reason="update applied at reset")
+                return
+            if not await engine.guarded_power_on():
+                raise HostError("the host did not boot")
+
+    # --- inventory ---------------------------------------------------------------------------
+
+    def targets(self) -> list[TargetInfo]:
+        infos = []
+        verifier = self._agent.verifier
+        for name, runtime in self._agent.targets.items():
+            engine = runtime.engine
+            installed = engine.installed()
+            floor = verifier.floor(name)
+            result = engine.last_result
+            health = "Critical" if result is not None and not result.ok else "OK"
+            state = "Updating" if engine.current is not None else "Enabled"
+            infos.append(TargetInfo(
+                name=name,
+                version=installed.manifest.version if installed else "unknown",
+                lowest_supported_version=self._lowest_version(name, floor),
+                security_version=installed.manifest.security_version if installed else 0,
+                updateable=True, health=health, state=state))
+        return infos
+
+    def _lowest_version(self, target: str, floor: int) -> str:
+        """The oldest known version still at or above the anti-rollback floor."""
+        candidates = [s.manifest for s in self._agent.store.list()
+                      if s.manifest.fits(target, self._agent.config.machine_name)
+                      and s.manifest.security_version >= floor]
+        if not candidates:
+            return f"security-version-{floor}"
+        return min(candidates, key=lambda m: m.security_version).version
+
+    def donatable(self) -> list[ImageInfo]:
+        return [ImageInfo(target=s.manifest.target, version=s.manifest.version,
+                          machine_names=s.manifest.machine_names, sha256=s.manifest.sha256,
+                          size=s.manifest.size)
+                for s in self._agent.store.list()]
+
+    # --- updates -----------------------------------------------------------------------------
+
+    async def start_update(self, package: Path, targets: list[str] | None, force: bool,
+                           apply_time: ApplyTime) -> str:
+        target = await asyncio.to_thread(self._package_target, package)
+        if targets and target not in targets:
+            raise CompatibilityError("package is for another target", package_target=target,
+                                     targets=targets)
+        if target not in self._agent.targets:
+            raise CompatibilityError("this agent does not manage the package's target",
+                                     target=target)
+        engine = self._agent.targets[target].engine
+        try:
+            located = await engine.verify_package(package, stage=stage_package)
+        finally:
+            with contextlib.suppress(OSError):
+                package.unlink()
+        installed = engine.installed()
+        if (not force and installed is not None
+                and installed.manifest.sha256 == located.verified.manifest.sha256):
+            raise AlreadyInstalled("this image is already installed; set ForceUpdate to "
+                                   "reinstall it", version=installed.manifest.version)
+        op_id = engine.new_op_id("update")
+        if apply_time == "OnReset":
+            self._pending[target] = located
+            self._emit_pending(op_id, target, located.verified.manifest.version)
+            return op_id
+        task = asyncio.create_task(engine.apply(located, op_id=op_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return op_id
+
+    @staticmethod
+    def _package_target(package: Path) -> str:
+        try:
+            return open_package(package).manifest.target
+        except OSError as e:
+            raise PackageError("cannot read the uploaded package", detail=str(e)) from e
+
+    def _emit_pending(self, op_id: str, target: str, version: str) -> None:
+        self._agent.events(EngineEvent(
+            op_id=op_id, kind="update", target=target, state=EngineState.COMPLETED,
+            phase="staged", percent=100,
+            message=f"{version} verified and staged; it is applied at the next reset",
+            message_id="Update.1.3.OperationTransitionedToJob"))
+
+    # --- events ------------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[OperationEvent], None]) -> Unsubscribe:
+        def forward(event: EngineEvent) -> None:
+            converted = self._convert(event)
+            if converted is not None:
+                callback(converted)
+
+        self._agent.events.callbacks.append(forward)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._agent.events.callbacks.remove(forward)
+
+        return unsubscribe
+
+    @staticmethod
+    def _convert(event: EngineEvent) -> OperationEvent | None:
+        try:
+            return OperationEvent(
+                op_id=event.op_id, kind="update" if event.kind == "update" else "recovery",
+                state=event.state.value,
+                percent=max(0, min(100, event.percent)),
+                message_id=event.message_id, message=event.message[:500],
+                transcript_entry=_json_safe(event.transcript_entry)
+                if event.transcript_entry else None,
+                target=event.target, extra={"phase": event.phase})
+        except ValueError as e:
+            log.warning("dropping an event Redfish cannot represent: %s", e)
+            return None
+
+
+def redfish_accounts(users: tuple[tuple[str, str, str], ...]) -> Any:
+    from fwrescue.redfish.settings import AccountSpec
+
+    if not users:
+        raise ConfigError("redfish.enabled needs at least one [[redfish.users]] account")
+    return tuple(AccountSpec(username=u, password=p, role=r) for u, p, r in users)
