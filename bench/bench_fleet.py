@@ -73,7 +73,7 @@ async def run(recipients: int, root: Path, seed: int) -> tuple[float, float, int
 
 def main() -> None:
     sizes = [int(a) for a in sys.argv[1:]] or [1, 8, 32, 64]
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     with tempfile.TemporaryDirectory() as tmp:
         base = None

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+from fwrescue.lifecycle import wait_for_termination
 
 __all__ = ["register_run_commands"]
 
@@ -47,15 +47,6 @@ def register_run_commands(subparsers: Any) -> None:
     demo.set_defaults(func=_cmd_demo)
 
 
-async def _until_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
 def _cmd_agent(args: argparse.Namespace) -> int:
     from fwrescue.agent import Agent
     from fwrescue.config import load_config
@@ -67,7 +58,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         await agent.start()
         print(f"agent {config.node_id} running; donating at {agent.transfer_url}", flush=True)
         try:
-            await _until_signal()
+            await wait_for_termination()
         finally:
             await agent.stop()
 
@@ -88,7 +79,7 @@ def _cmd_donor(args: argparse.Namespace) -> int:
         print(f"console donor {args.id} serving {donor.image_count} packages at "
               f"{donor.transfer_url}", flush=True)
         try:
-            await _until_signal()
+            await wait_for_termination()
         finally:
             await donor.stop()
 

@@ -9,10 +9,8 @@ multicast group and port, so demos and tests can run side by side.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 from fwrescue.agent import Agent
 from fwrescue.config import NetworkSettings, RedfishSettings, TimerSettings
 from fwrescue.console.donor import ConsoleDonor
+from fwrescue.lifecycle import wait_for_termination
 from fwrescue.recovery.ports import OperationEvent, OperationState
 from fwrescue.sim.display import FleetDisplay, NodeRow
 from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node
@@ -120,7 +119,7 @@ async def _run_fleet(plan: FleetPlan, options: DemoOptions) -> dict[str, Any]:
             options.json_path.write_text(json.dumps(report, indent=2))
         display.summary(report)
         if options.hold:
-            await _hold_until_signal()
+            await wait_for_termination()
         return report
     finally:
         for agent in agents.values():
@@ -177,12 +176,3 @@ def _node_entry(spec: NodeSpec, agent: Agent, row: NodeRow) -> dict[str, Any]:
         user, password, _ = agent.config.redfish.users[0]
         entry["redfish_user"], entry["redfish_password"] = user, password
     return entry
-
-
-async def _hold_until_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
