@@ -65,6 +65,7 @@ class EngineSettings:
     flash_mode: FlashMode = FlashMode.DC_OFF
     boot_timeout: float = 30.0
     flash_retries: int = 2  # extra attempts after a failed write or read-back
+    boot_attempts: int = 2  # boot watchdog: failed boots on verified flash before recovering
 
 
 @dataclass(frozen=True)
@@ -235,16 +236,26 @@ class RecoveryEngine:
         return f"{kind[:3]}-{secrets.token_hex(4)}"
 
     async def guarded_power_on(self) -> bool:
-        """Power the host on only onto verified flash; recover first when it does not verify."""
+        """Power the host on only onto verified flash; recover first when it does not verify.
+
+        Boot watchdog: a host that does not report boot success within ``boot_timeout``
+        on verified flash ``boot_attempts`` times in a row is powered off and recovered."""
         if self._host is None:
             return False
         integrity = await self.check_integrity()
         if not integrity.ok:
             result = await self.recover(f"integrity check before power-on: {integrity.reason}")
             return bool(result.booted)
-        await self._host.power_on()
-        self.last_boot = await self._host.wait_boot(self.settings.boot_timeout)
-        return self.last_boot.booted
+        for _ in range(self.settings.boot_attempts):
+            await self._host.power_on()
+            self.last_boot = await self._host.wait_boot(self.settings.boot_timeout)
+            if self.last_boot.booted:
+                return True
+            await self._host.power_off()
+        result = await self.recover(
+            f"boot watchdog: no boot success within {self.settings.boot_timeout:g} s, "
+            f"{self.settings.boot_attempts} times")
+        return bool(result.booted)
 
     # --- the pipeline ------------------------------------------------------------------
 

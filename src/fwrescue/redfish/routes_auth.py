@@ -191,10 +191,14 @@ def add_auth_routes(app: web.Application) -> None:
         return json_response(_account_json(a))
 
     async def patch_account(request: web.Request) -> web.Response:
+        account_or_404(request)  # 404 before reading a body for a missing account
+        patch = await read_json(request, svc.settings.max_json_body)
+        # Read the account only now: from here to the write nothing awaits, so the If-Match
+        # check and the update are atomic on the event loop (concurrent conditional PATCHes
+        # with one ETag: exactly one wins, the others get 412).
         a = account_or_404(request)
         principal = current_principal(request)
         own = a.username == principal.username
-        patch = await read_json(request, svc.settings.max_json_body)
         if not own or set(patch) - {"Password"}:
             require(request, "ConfigureUsers")
         else:

@@ -98,9 +98,10 @@ def add_event_routes(app: web.Application) -> None:
         return json_response(_sub_json(sub_or_404(request)))
 
     async def patch_sub(request: web.Request) -> web.Response:
-        sub = sub_or_404(request)
+        sub_or_404(request)
         require(request, "ConfigureComponents")
         patch = await read_json(request, svc.settings.max_json_body)
+        sub = sub_or_404(request)  # re-read after the await: If-Match check and write are atomic
         changes = apply_patch(
             request, _sub_json(sub), patch, {"Context": lambda v: isinstance(v, str)}
         )

@@ -187,3 +187,37 @@ async def test_rolled_back_package_is_never_flashed(tmp_path: Path, signer: Sign
     node.firmware.append(signer.firmware(security_version=3))
     result = await node.engine().recover("operator request")
     assert not result.ok and node.flash.writes == 0
+
+
+class StubbornHost(RecordingHost):
+    """Powers on but never reports boot success for its first ``failures`` boots."""
+
+    def __init__(self, firmware_ok: object, failures: int) -> None:
+        super().__init__(firmware_ok)
+        self.failures = failures
+        self.state = PowerState.OFF
+
+    async def wait_boot(self, timeout: float) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            from fwrescue.host.base import BootResult
+
+            return BootResult(booted=False, seconds=timeout)
+        return await super().wait_boot(timeout)
+
+
+async def test_boot_watchdog_recovers_a_host_that_never_boots_on_verified_flash(
+        tmp_path: Path, signer: Signer) -> None:
+    node = Node(tmp_path, signer)
+    fw = signer.firmware(size=200_000)
+    node.firmware.append(fw)
+    node.flash.data[:200_000] = fw.image
+    PackageStore(tmp_path / "store").put(
+        signer.verifier(tmp_path).verify_signed(fw.signed, target="bios",
+                                                machine_name="board-a"),
+        fw.write_image(tmp_path / "fw.bin"), move=False)
+    node.host = StubbornHost(node.flash_is_genuine, failures=2)
+    engine = node.engine()
+    assert await engine.guarded_power_on()
+    assert engine.last_result is not None and "boot watchdog" in engine.last_result.reason
+    assert node.flash.writes == 1 and node.host.runs[-1] is True
