@@ -143,7 +143,7 @@ class Agent:
         engine = RecoveryEngine(
             EngineSettings(
                 target=target.name, machine_name=self.config.machine_name,
-                node_id=self.config.node_id, region_offset=target.flash.region_offset,
+                node_id=self.config.node_id,
                 flash_mode=FlashMode(target.host.flash_mode),
                 boot_timeout=target.host.boot_timeout),
             flash=flash, host=host, verifier=self.verifier, store=self.store,

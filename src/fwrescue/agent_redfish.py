@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from fwrescue.redfish.backend import (
     TargetInfo,
     Unsubscribe,
 )
+from fwrescue.redfish.tasks import TASKS_URI
 
 if TYPE_CHECKING:
     from fwrescue.agent import Agent
@@ -46,9 +48,35 @@ class AlreadyInstalled(CompatibilityError):
     message_id = "Update.1.3.UpdateSkippedSameVersion"
 
 
-def _json_safe(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: v if isinstance(v, str | int | float | bool | type(None)) else str(v)
-            for k, v in entry.items()}
+# Transcript values are small records (offers, reasons, counters); nesting beyond this is a
+# bug upstream, shown as text rather than followed.
+_MAX_DEPTH = 4
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain JSON: enums by value, mappings and sequences converted member by
+    member (so a client reads an offer's ``donor_id`` instead of a Python repr), anything
+    else as text."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, str | int | float | bool | type(None)):
+        return value
+    if depth < _MAX_DEPTH and isinstance(value, Mapping):
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    if depth < _MAX_DEPTH and isinstance(value, list | tuple | set | frozenset):
+        return [_json_safe(v, depth + 1) for v in value]
+    return str(value)
+
+
+def _registry_args(event: EngineEvent, percent: int) -> tuple[str, ...]:
+    """The ``%1``… arguments of the TaskEvent messages the engine names (it sends none)."""
+    if event.args:
+        return event.args
+    if event.message_id == "TaskEvent.1.0.TaskProgressChanged":
+        return (event.op_id, str(percent))
+    if event.message_id.startswith("TaskEvent.1.0.Task"):
+        return (event.op_id,)  # TaskStarted, TaskCompletedOK, TaskAborted…: the task's Id
+    return ()
 
 
 class AgentBackend:
@@ -90,7 +118,10 @@ class AgentBackend:
         if kind in ("On", "ForceRestart", "PowerCycle"):
             pending = self._pending.pop(runtime.config.name, None)
             if pending is not None:  # OnReset apply time: install before running the host
-                await engine.apply(pending, reason="update applied at reset")
+                result = await engine.apply(pending, reason="update applied at reset")
+                if not result.ok:  # the Task shows why; the reset must not look successful
+                    raise HostError("the update staged for this reset failed; the host is "
+                                    "held", op_id=result.op_id, reason=result.reason)
                 return
             if not await engine.guarded_power_on():
                 raise HostError("the host did not boot")
@@ -150,10 +181,15 @@ class AgentBackend:
         installed = engine.installed()
         if (not force and installed is not None
                 and installed.manifest.sha256 == located.verified.manifest.sha256):
+            # A refused update leaves nothing behind: drop the image staged while verifying.
+            located.image.unlink(missing_ok=True)
             raise AlreadyInstalled("this image is already installed; set ForceUpdate to "
                                    "reinstall it", version=installed.manifest.version)
         op_id = engine.new_op_id("update")
         if apply_time == "OnReset":
+            replaced = self._pending.get(target)
+            if replaced is not None and replaced.image != located.image:
+                replaced.image.unlink(missing_ok=True)  # the newer request supersedes it
             self._pending[target] = located
             self._emit_pending(op_id, target, located.verified.manifest.version)
             return op_id
@@ -174,7 +210,7 @@ class AgentBackend:
             op_id=op_id, kind="update", target=target, state=EngineState.COMPLETED,
             phase="staged", percent=100,
             message=f"{version} verified and staged; it is applied at the next reset",
-            message_id="Update.1.3.OperationTransitionedToJob"))
+            message_id="Update.1.3.OperationTransitionedToJob", args=(f"{TASKS_URI}/{op_id}",)))
 
     # --- events ------------------------------------------------------------------------------
 
@@ -194,12 +230,13 @@ class AgentBackend:
 
     @staticmethod
     def _convert(event: EngineEvent) -> OperationEvent | None:
+        percent = max(0, min(100, event.percent))
         try:
             return OperationEvent(
                 op_id=event.op_id, kind="update" if event.kind == "update" else "recovery",
-                state=event.state.value,
-                percent=max(0, min(100, event.percent)),
+                state=event.state.value, percent=percent,
                 message_id=event.message_id, message=event.message[:500],
+                args=_registry_args(event, percent),
                 transcript_entry=_json_safe(event.transcript_entry)
                 if event.transcript_entry else None,
                 target=event.target, extra={"phase": event.phase})

@@ -7,6 +7,7 @@ See ``docs/operations.md`` for a complete annotated example.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
@@ -228,6 +229,12 @@ def _timers(s: _Section) -> TimerSettings:
         enough_offers=s.get_int("enough_offers", d.enough_offers, 1, 1000),
     )
     s.done()
+    from fwrescue.protocol.recipient import RecipientTimers
+
+    try:  # the protocol's own cross-field rules (e.g. the offer window closes before a retry)
+        RecipientTimers(**dataclasses.asdict(result))
+    except ConfigError as e:
+        raise ConfigError(f"[timers] {e.message}", **e.fields) from e
     return result
 
 

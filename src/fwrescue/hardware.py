@@ -32,8 +32,11 @@ def build_flash(settings: FlashSettings, *, workdir: Path) -> Flash:
         assert settings.programmer is not None  # checked by config
         chip_name, chip_size = _dummy_chip(settings.programmer)
         region = None
-        if settings.region_size:
-            region = (settings.region_offset, settings.region_size)
+        if settings.region_offset or settings.region_size:
+            size = settings.region_size or (chip_size or 0) - settings.region_offset
+            if size <= 0:
+                raise ConfigError("a flashrom region at an offset needs flash.region_size")
+            region = (settings.region_offset, size)
         return FlashromFlash(settings.programmer, region=region, chip=chip_name,
                              chip_size=chip_size, workdir=workdir)
     assert settings.path is not None
@@ -82,9 +85,10 @@ def build_host(target: TargetConfig, *, workdir: Path, flash_path: Path | None,
     if not vars_path.exists():
         shutil.copy(settings.vars_path or find_ovmf()[1], vars_path)
     region = None
-    if target.flash.region_size and (target.flash.region_offset
-                                     or target.flash.region_size != flash_path.stat().st_size):
-        region = (target.flash.region_offset, target.flash.region_size)
+    offset, file_size = target.flash.region_offset, flash_path.stat().st_size
+    size = target.flash.region_size or file_size - offset
+    if offset or size != file_size:  # the BIOS region is part of a larger chip image
+        region = (offset, size)
     accel = settings.accel if settings.accel in ("kvm", "tcg") else "auto"
     return QemuHost(code_path=flash_path, vars_path=vars_path, workdir=workdir,
                     accel=accel,  # type: ignore[arg-type]

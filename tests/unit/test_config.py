@@ -94,3 +94,9 @@ def test_the_shipped_example_config_loads_and_its_sources_build() -> None:
     assert config.redfish.enabled and config.redfish.users[1][2] == "ReadOnly"
     sources = build_sources(list(config.targets[0].sources))
     assert [type(s).__name__ for s in sources][-1] == "HttpSource"
+
+
+def test_timers_the_protocol_would_refuse_are_refused_at_load(tmp_path: Path) -> None:
+    text = GOOD + "\n[timers]\noffer_window = 0.2\nbackoff_initial = 0.2\n"
+    with pytest.raises(ConfigError, match=r"\[timers\]"):
+        load_config(write(tmp_path, text))

@@ -301,6 +301,21 @@ class RecipientSession:
         self._declined[offer.manifest_digest] = None
         self._next(now, f"declined {offer.manifest_digest[:12]}… from {offer.donor_id}: {why}")
 
+    def reject_carrier(self, reason: str, now: float) -> None:
+        """The ACKed donor sent bytes that do not match what it offered (a manifest that does
+        not hash to the offered digest, a chunk off the signed list): the *carrier* is bad,
+        not necessarily the image. DECLINE it so its reservation ends at once, never use
+        that donor again, but keep the digest acceptable from honest donors."""
+        self._sm.expect(_S.BOUND, action="reject_carrier")
+        assert self._current is not None
+        offer, addr = self._current
+        why = _clean_reason(reason)
+        self._outbox.append((Decline(xid=offer.xid, recipient_id=self.identity.node_id,
+                                     donor_id=offer.donor_id,
+                                     manifest_digest=offer.manifest_digest, reason=why), addr))
+        self._failed_donors.add(offer.donor_id)
+        self._next(now, f"donor {offer.donor_id} sent bytes off its offer: {why}")
+
     def release(self, outcome: str, bytes_received: int, now: float) -> None:
         """Done with the donor: send RELEASE; the session ends (state DONE)."""
         self._sm.expect(_S.BOUND, action="release")

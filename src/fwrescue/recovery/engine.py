@@ -61,7 +61,6 @@ class EngineSettings:
     target: str
     machine_name: str
     node_id: str
-    region_offset: int = 0
     flash_mode: FlashMode = FlashMode.DC_OFF
     boot_timeout: float = 30.0
     flash_retries: int = 2  # extra attempts after a failed write or read-back
@@ -161,7 +160,7 @@ class RecoveryEngine:
         candidates = [installed] if installed else self._stored_candidates()
         for verified in candidates:
             size = verified.manifest.size
-            if size > self._flash.size - self.settings.region_offset:
+            if size > self._flash.size:
                 continue
             if self._flash_digest(size) == verified.manifest.sha256:
                 if installed is None:
@@ -187,7 +186,7 @@ class RecoveryEngine:
     def _flash_digest(self, size: int) -> str:
         tmp = self._workdir / f"readback-{secrets.token_hex(4)}.bin"
         try:
-            self._flash.read_to(self.settings.region_offset, size, tmp)
+            self._flash.read_to(0, size, tmp)
             return sha256_file(tmp)
         finally:
             tmp.unlink(missing_ok=True)
@@ -349,7 +348,7 @@ class RecoveryEngine:
                                  digest=digest)
         verified = self._verifier.verify_signed_ignoring_floor(
             stored.signed, target=self.settings.target, machine_name=self.settings.machine_name)
-        Verifier.verify_image_file(verified, Path(stored.image_path))
+        # The image bytes are re-hashed by _write_verified just before the first erase.
         self._note("restaged", digest=digest)
         return verified, Path(stored.image_path)
 
@@ -365,7 +364,7 @@ class RecoveryEngine:
         for attempt in range(1, attempts + 1):
             try:
                 report = await asyncio.to_thread(
-                    self._flash.write, self.settings.region_offset, image, progress)
+                    self._flash.write, 0, image, progress)
                 self._note("flashed", attempt=attempt, erased=report.erase_count,
                            programmed=report.bytes_programmed, skipped=report.skipped_bytes)
                 digest = await asyncio.to_thread(self._flash_digest, verified.manifest.size)

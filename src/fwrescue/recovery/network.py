@@ -9,7 +9,8 @@ The loop over offers is the protocol's; this module only reacts to its events:
   rollback) → DECLINE: that digest is never accepted again in this session, from anyone;
 * the donor's *bytes* fail (a manifest that does not hash to the offered digest, a chunk
   that does not match a genuine manifest) → the donor is a bad carrier, not the image:
-  ``donor_failed`` blames that donor only, so honest donors of the same digest still heal
+  ``reject_carrier`` DECLINEs and drops that donor only, so honest donors of the same digest
+  still heal
   (the transcript still records it as ``declined``, with ``blame = "donor"``);
 * a transfer failure (donor died, stalled, refused) → ``donor_failed``: the next
   offer is accepted and the transfer resumes from the verified chunks on disk;
@@ -144,7 +145,7 @@ class NetworkRecovery:
             if manifest_at_fault:
                 driver.act(lambda now: session.decline(why, now))
             else:
-                driver.act(lambda now: session.donor_failed(why, now))
+                driver.act(lambda now: session.reject_carrier(why, now))
             return None
         except TransferError as e:
             log.warning("%s: transfer from %s failed: %s", self._node_id, offer.donor_id, e)

@@ -19,7 +19,7 @@ from fwrescue.protocol.events import (
     OfferRejected,
     SolicitSent,
 )
-from fwrescue.protocol.messages import Accept, Ack, DonorKind, Nak, Offer, Solicit
+from fwrescue.protocol.messages import Accept, Ack, Decline, DonorKind, Nak, Offer, Solicit
 from fwrescue.protocol.policy import get_policy
 from fwrescue.protocol.recipient import RecipientSession, RecipientTimers
 from fwrescue.protocol.session import GROUP
@@ -322,3 +322,17 @@ def test_solicit_carries_identity_and_declined_digests() -> None:
     msgs = [m for m, _ in sent(rcp, rcp.get_timer() or 0.0, script.listener)]
     again = [m for m in msgs if isinstance(m, Solicit)]
     assert again and again[-1].declined == (image(5).manifest_digest,)
+
+
+def test_a_bad_carrier_is_declined_but_its_digest_stays_acceptable_from_others() -> None:
+    script = Script()
+    rcp, t1 = started(RecipientTimers(offer_window=0.0))
+    sent(rcp, t1, script.listener)
+    script.offer(rcp, t1 + 0.01, "d1", n=5)
+    script.reply(rcp, t1 + 0.02, Ack(xid=xid_of(rcp), recipient_id="rcp-1", donor_id="d1",
+                                     token="d" * 32, lease_expires=30.0))
+    rcp.reject_carrier("chunk 2 does not match", t1 + 1)
+    out = sent(rcp, t1 + 1, script.listener)
+    declines = [m for m, _ in out if isinstance(m, Decline)]
+    assert declines and declines[0].donor_id == "d1"
+    assert rcp.declined_digests == ()
