@@ -32,6 +32,7 @@ from fwrescue.recovery.engine import EngineSettings, OperationResult, RecoveryEn
 from fwrescue.recovery.journal import Journal
 from fwrescue.recovery.network import NetworkRecovery
 from fwrescue.recovery.ports import OperationEvent
+from fwrescue.sources.directory import WatchedDirectory
 from fwrescue.sources.ladder import SourceLadder
 from fwrescue.trust.keys import TrustStore
 from fwrescue.trust.rollback import RollbackStore
@@ -40,6 +41,9 @@ from fwrescue.trust.verifier import Verifier
 __all__ = ["Agent", "TargetRuntime"]
 
 log = logging.getLogger(__name__)
+
+# How often removable-media folders are polled (a USB stick is noticed within ~2 polls).
+MEDIA_POLL_S = 1.0
 
 
 @dataclass
@@ -87,7 +91,9 @@ class Agent:
         self.results: dict[str, OperationResult] = {}
         self.redfish_url: str | None = None
         self._redfish_runner: Any = None
+        self._redfish_backend: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._watchers: list[asyncio.Task[None]] = []
         self._started = False
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -105,17 +111,25 @@ class Agent:
         if run_startup_checks:
             for runtime in self.targets.values():
                 self._tasks.append(asyncio.create_task(self._startup(runtime)))
+        for runtime in self.targets.values():
+            for spec in runtime.config.sources:
+                if spec.get("kind") == "usb":
+                    self._watchers.append(asyncio.create_task(
+                        self._watch_media(runtime, Path(str(spec["path"])))))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in self._tasks + self._watchers:
             task.cancel()
-        for task in self._tasks:
+        for task in self._tasks + self._watchers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        self._watchers.clear()
         if self._redfish_runner is not None:
             await self._redfish_runner.cleanup()
             self._redfish_runner = None
+        if self._redfish_backend is not None:
+            await self._redfish_backend.close()
         await self.donor.stop()
         for runtime in self.targets.values():
             if runtime.host is not None:
@@ -165,7 +179,8 @@ class Agent:
             accounts=redfish_accounts(rf.users), upload_dir=state / "uploads",
             # the package adds its manifest (at most 2 MiB) and tar headers to the image
             max_image_size=self.config.max_image_size + 4 * 1024 * 1024)
-        app = create_redfish_app(AgentBackend(self), settings)
+        self._redfish_backend = AgentBackend(self)
+        app = create_redfish_app(self._redfish_backend, settings)
         self._redfish_runner, self.redfish_url = await start_redfish_server(
             app, rf.host, rf.port, rf.tls, state)
 
@@ -186,6 +201,21 @@ class Agent:
                     result = await runtime.engine.recover(
                         f"periodic integrity check: {integrity.reason}")
                     self.results[runtime.config.name] = result
+
+    async def _watch_media(self, runtime: TargetRuntime, path: Path) -> None:
+        """Removable media: when a package appears (a stick is inserted, a file is copied)
+        and this target's flash does not verify, recover at once instead of waiting for the
+        next trigger. The package still goes through the ladder's trust checks."""
+        watcher = WatchedDirectory(path, interval=MEDIA_POLL_S)
+        async for package in watcher.changes():
+            integrity = await runtime.engine.check_integrity()
+            if integrity.ok:
+                continue
+            log.info("%s: %s appeared; recovering %s", self.config.node_id, package.name,
+                     runtime.config.name)
+            result = await runtime.engine.recover(
+                f"package appeared on removable media: {package.name}")
+            self.results[runtime.config.name] = result
 
     # --- queries used by the CLI, the demo and Redfish ------------------------------------
 

@@ -87,6 +87,14 @@ class AgentBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: dict[str, Any] = {}  # target -> Located, applied at the next reset
 
+    async def close(self) -> None:
+        """Cancel and await updates this service started (the agent is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     # --- identity and power ------------------------------------------------------------------
 
     def identity(self) -> SystemIdentity:

@@ -138,6 +138,10 @@ class FlashSettings:
     chip_size: int = 0  # file backend: size of the chip (0 = the file's size)
     region_offset: int = 0
     region_size: int = 0  # 0 = to the end of the chip
+    # Dual bank: the region above is bank A; bank B (same size) at bank_b_offset; a marker of
+    # two erase sectors at marker_offset says which bank is active (flash/layout.py).
+    bank_b_offset: int = 0  # 0 = single bank
+    marker_offset: int = 0
     timing_chip: str | None = None  # timing model of a real part, e.g. "W25Q256JV"
     timing_scale: float = 0.0
 
@@ -258,6 +262,8 @@ def _flash(s: _Section, base: Path) -> FlashSettings:
         chip_size=s.get_int("chip_size", 0),
         region_offset=s.get_int("region_offset", 0),
         region_size=s.get_int("region_size", 0),
+        bank_b_offset=s.get_int("bank_b_offset", 0),
+        marker_offset=s.get_int("marker_offset", 0),
         timing_chip=s.get_str("timing_chip"),
         timing_scale=s.get_float("timing_scale", 0.0, 0.0, 100.0),
     )
@@ -266,6 +272,10 @@ def _flash(s: _Section, base: Path) -> FlashSettings:
         raise ConfigError("a file flash needs flash.path")
     if kind == "flashrom" and not result.programmer:
         raise ConfigError("a flashrom flash needs flash.programmer")
+    if bool(result.bank_b_offset) != bool(result.marker_offset):
+        raise ConfigError("a dual-bank flash needs both bank_b_offset and marker_offset")
+    if result.bank_b_offset and (kind != "file" or not result.region_size):
+        raise ConfigError("dual banks need a file flash and flash.region_size")
     return result
 
 

@@ -15,6 +15,7 @@ from fwrescue.errors import ConfigError
 from fwrescue.flash.device import Flash, FlashChip, FlashGeometry
 from fwrescue.flash.filechip import FileChip
 from fwrescue.flash.flashrom import FlashromFlash
+from fwrescue.flash.layout import BankedFlash, FlashLayout, FlashRegion
 from fwrescue.flash.timing import TimedChip, timing_for
 from fwrescue.flash.writer import EraseAwareFlash
 from fwrescue.host.base import Host
@@ -52,6 +53,13 @@ def build_flash(settings: FlashSettings, *, workdir: Path) -> Flash:
         import time
 
         chip = TimedChip(chip, timing, scale=settings.timing_scale, sleep=time.sleep)
+    if settings.bank_b_offset:
+        sector = chip.geometry.min_erase
+        layout = FlashLayout(
+            bank_a=FlashRegion("bank-a", settings.region_offset, settings.region_size),
+            bank_b=FlashRegion("bank-b", settings.bank_b_offset, settings.region_size),
+            marker=FlashRegion("marker", settings.marker_offset, 2 * sector))
+        return BankedFlash(chip, layout, timing=timing)
     return EraseAwareFlash(chip, region_offset=settings.region_offset,
                            region_size=settings.region_size or None, timing=timing)
 
@@ -80,6 +88,9 @@ def build_host(target: TargetConfig, *, workdir: Path, flash_path: Path | None,
 
     if flash_path is None:
         raise ConfigError("a QEMU host needs the flash file as its firmware hub")
+    if target.flash.bank_b_offset:
+        raise ConfigError("a QEMU host maps one fixed BIOS region; dual banks need a "
+                          "virtual host")
     workdir.mkdir(parents=True, exist_ok=True)
     vars_path = workdir / "vars.fd"
     if not vars_path.exists():

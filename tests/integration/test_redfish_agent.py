@@ -115,7 +115,7 @@ def plan(tmp_path_factory: pytest.TempPathFactory) -> FleetPlan:
 
 @pytest.fixture
 async def console(plan: FleetPlan, tmp_path: Path) -> AsyncIterator[ConsoleDonor]:
-    """The site console donating the newest release: the donor of every recovery here."""
+    """The site console donating the newest release (the peer-recovery test runs without it)."""
     assert plan.console_repo is not None
     donor = ConsoleDonor(repo=plan.console_repo, trust=plan.root / "trust",
                          state_dir=tmp_path / "console-state", network=plan.network)
@@ -129,6 +129,7 @@ async def console(plan: FleetPlan, tmp_path: Path) -> AsyncIterator[ConsoleDonor
 @contextlib.asynccontextmanager
 async def running(node: NodeSpec, *, startup_checks: bool = True,
                   tls: bool = False) -> AsyncIterator[Agent]:
+    """A real agent for ``node`` with its Redfish service on 127.0.0.1 (HTTPS with ``tls``)."""
     config = node.config
     if tls:
         config = dataclasses.replace(config, redfish=dataclasses.replace(config.redfish, tls=True))

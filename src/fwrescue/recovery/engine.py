@@ -53,6 +53,23 @@ from fwrescue.trust.verifier import VerifiedManifest, Verifier, sha256_file
 
 __all__ = ["EngineSettings", "Integrity", "OperationResult", "RecoveryEngine"]
 
+_PROGRESS = "TaskEvent.1.0.TaskProgressChanged"
+#: what each phase tells an operator (Redfish Update/TaskEvent registry ids and plain text)
+_PHASE_MESSAGES: dict[Phase, tuple[str, str]] = {
+    Phase.DETECTED: (_PROGRESS, ""),
+    Phase.LOCATING: (_PROGRESS, "searching the predetermined image locations"),
+    Phase.SOLICITING: ("Update.1.3.TransferringToComponent",
+                       "soliciting donors and transferring a verified image"),
+    Phase.STAGED: ("Update.1.3.VerifyingAtComponent", "image verified and staged"),
+    Phase.FLASHING: ("Update.1.3.InstallingOnComponent",
+                     "host held; writing and reading back the flash"),
+    Phase.VERIFYING: ("Update.1.3.VerifyingAtComponent", "reading back the flash"),
+    Phase.BOOTING: ("Update.1.3.ApplyingOnComponent", "flash verified; booting the host"),
+    Phase.RECOVERED: ("Update.1.3.UpdateSuccessful", "firmware installed and the host booted"),
+    Phase.FAILED: ("Update.1.3.ApplyFailed", "the operation failed"),
+}
+_PHASE_PERCENT = {Phase.DETECTED: 0, Phase.LOCATING: 5, Phase.SOLICITING: 10, Phase.STAGED: 55}
+
 log = logging.getLogger(__name__)
 
 
@@ -310,7 +327,7 @@ class RecoveryEngine:
             booted=booted, seconds=self._clock() - started)
         self._note("done", version=verified.manifest.version, booted=booted)
         self._record(record, state=OperationState.COMPLETED, percent=100,
-                     message_id="TaskEvent.1.0.TaskCompletedOK")
+                     message_id="Update.1.3.UpdateSuccessful")
         self._journal.finish(record, self._transcript)
         return result
 
@@ -429,11 +446,16 @@ class RecoveryEngine:
         if state is OperationState.RUNNING:
             self._journal.write(record)
         self.current = record if state is OperationState.RUNNING else None
-        pct = percent if percent is not None else {
-            Phase.DETECTED: 0, Phase.LOCATING: 5, Phase.SOLICITING: 10, Phase.STAGED: 55,
-        }.get(record.phase, 50)
-        self._emit(state, record.phase.value, pct, record.error or record.reason,
-                   message_id=message_id, op=record)
+        pct = percent if percent is not None else _PHASE_PERCENT.get(record.phase, 50)
+        default_id, text = _PHASE_MESSAGES[record.phase]
+        if record.phase is Phase.DETECTED:
+            text = record.reason
+        elif record.phase is Phase.STAGED:
+            text = f"{text} from {record.origin}"
+        elif record.phase is Phase.FAILED:
+            text = record.error or text
+        self._emit(state, record.phase.value, pct, text,
+                   message_id=message_id or default_id, op=record)
         return record
 
     def _emit(self, state: OperationState, phase: str, percent: int, message: str, *,
