@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
 import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fwrescue.agent import Agent
@@ -29,15 +31,24 @@ from fwrescue.sim.fleet import build_fleet, corrupt_node
 IMAGE = 1024 * 1024
 LINK_BPS = 100_000_000 // 8  # a 100 Mb/s NC-SI BMC link, per upload
 HEALTHY = 4  # healthy peers per fleet besides the console
+CONSOLE_DELAY = float(os.environ.get("CONSOLE_DELAY", "0.5"))  # console/donor.py defaults
+CONSOLE_SUPPRESS = int(os.environ.get("CONSOLE_SUPPRESS", "1"))
+BACKOFF = float(os.environ.get("BACKOFF", "1.0"))  # first retransmit; doubles to 4x
 
 
 async def run(recipients: int, root: Path, seed: int) -> tuple[float, float, int]:
+    # Every agent here stands for its own BMC: give each its own flash thread, as it would
+    # have (the default pool's few workers would serialize the modelled flash writes).
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=recipients + HEALTHY + 4))
     rng = random.Random(seed)
     network = NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
                               port=rng.randint(20000, 60000))
     plan = build_fleet(root, nodes=recipients + HEALTHY, boards=1, image_size=IMAGE,
                        network=network, seed=seed,
-                       timers=TimerSettings(startup_jitter=0.5, offer_window=0.3))
+                       timers=TimerSettings(startup_jitter=0.5, offer_window=0.3,
+                                            backoff_initial=BACKOFF, backoff_max=4 * BACKOFF,
+                                            max_solicits=16))
     donor = DonorSettings(max_uploads=4, lease_s=60.0, rate_limit_bps=LINK_BPS)
     for node in plan.nodes:
         flash = dataclasses.replace(node.config.targets[0].flash, timing_chip="W25Q256JV",
@@ -49,7 +60,9 @@ async def run(recipients: int, root: Path, seed: int) -> tuple[float, float, int
     assert plan.console_repo is not None
     console = ConsoleDonor(repo=plan.console_repo, trust=plan.root / "trust",
                            state_dir=plan.root / "console", network=network,
-                           settings=DonorSettings(max_uploads=16, rate_limit_bps=LINK_BPS))
+                           settings=DonorSettings(max_uploads=16, rate_limit_bps=LINK_BPS,
+                                                  console_offer_delay_s=CONSOLE_DELAY,
+                                                  suppress_after=CONSOLE_SUPPRESS))
     await console.start()
     agents = [Agent(n.config) for n in plan.nodes]
     try:

@@ -128,6 +128,10 @@ class DonorSettings:
     max_uploads: int = 4
     lease_s: float = 30.0
     rate_limit_bps: int = 0  # 0 = unshaped
+    # A console answers after peers (extra offer delay) and stays quiet once it overhears
+    # this many offers for a solicit, so the console serves only what peers cannot.
+    console_offer_delay_s: float = 0.1
+    suppress_after: int = 3
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,8 @@ def _donor(s: _Section) -> DonorSettings:
         max_uploads=s.get_int("max_uploads", 4, 1, 1024),
         lease_s=s.get_float("lease_s", 30.0, 1.0, 3600.0),
         rate_limit_bps=s.get_int("rate_limit_bps", 0, 0, 10**11),
+        console_offer_delay_s=s.get_float("console_offer_delay_s", 0.1, 0.0, 60.0),
+        suppress_after=s.get_int("suppress_after", 3, 1, 1000),
     )
     s.done()
     return result

@@ -85,7 +85,9 @@ class DonorService:
                                    transfer_url=self.transfer_url, topology=self._topology),
             catalog=self.catalog,
             limits=DonorLimits(capacity=self._settings.max_uploads,
-                               lease_s=self._settings.lease_s),
+                               lease_s=self._settings.lease_s,
+                               console_extra_delay=self._settings.console_offer_delay_s,
+                               suppress_after=self._settings.suppress_after),
             codec=codec_for(self._network), rng=self._rng)
         self._driver = SessionDriver(self.responder, UdpMulticastLink(
             multicast_config(self._network)), on_event=self._on_event)

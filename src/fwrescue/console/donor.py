@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 # A site repository larger than this is a mistake, not a repository (bounded start-up).
 MAX_REPO_PACKAGES = 1024
 
+# The console is the fallback, not a competitor: it answers after the recipients' offer
+# window (0.4 s by default) and stays quiet once any peer offered, so its egress stays
+# near what peers cannot serve (bench/bench_fleet.py measures it).
+CONSOLE_DEFAULTS = DonorSettings(max_uploads=16, console_offer_delay_s=0.5, suppress_after=1)
+
 
 class ConsoleDonor:
     """A console that donates a repository folder of packages."""
@@ -45,7 +50,7 @@ class ConsoleDonor:
         self.rejected: dict[str, str] = {}
         self.service = DonorService(donor_id=donor_id, kind=DonorKind.CONSOLE, store=self.store,
                                     network=network,
-                                    settings=settings or DonorSettings(max_uploads=16))
+                                    settings=settings or CONSOLE_DEFAULTS)
 
     def import_repository(self) -> int:
         """Import every package; return how many the store holds afterwards."""

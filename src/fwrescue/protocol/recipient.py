@@ -175,6 +175,7 @@ class RecipientSession:
         self._new_round = True
         self._attempt = 0
         self._start_at: float | None = None
+        self._round_attempt = 0  # solicits in this round (xid): drives the backoff
         self._window_at: float | None = None
         self._retransmit_at: float | None = None
         self._accept_deadline: float | None = None
@@ -338,16 +339,18 @@ class RecipientSession:
         if self._new_round or self._xid is None:
             self._xid = self._rng.getrandbits(32)
             self._new_round = False
+            self._round_attempt = 0
             self._pool.clear()
             self._late.clear()
             self._offered_this_round.clear()
             self._round_excluded.clear()
         self._attempt += 1
+        self._round_attempt += 1
         declined = tuple(self._declined)[-MAX_DECLINED:]
         self._outbox.append((self.identity.solicit(xid=self._xid, declined=declined), GROUP))
         self._events.append(SolicitSent(xid=self._xid, attempt=self._attempt))
         self._window_at = now + self.timers.offer_window
-        self._retransmit_at = now + self.timers.backoff(self._attempt, self._rng)
+        self._retransmit_at = now + self.timers.backoff(self._round_attempt, self._rng)
 
     def _reject_reason(self, offer: Offer) -> str | None:
         ident = self.identity
@@ -467,12 +470,15 @@ class RecipientSession:
         if self._attempt >= self.timers.max_solicits:
             self._give_up(f"no donor left ({why}) after {self._attempt} solicit(s)")
             return
-        # New round (new xid) after one backoff interval, like a DHCP client restarting
-        # in INIT after a NAK; the solicit counter keeps counting, so this stays bounded.
+        # New round (new xid) after the *initial* backoff interval, like a DHCP client
+        # restarting in INIT after a NAK (RFC 2131 §3.1 step 5): donors exist, they were busy
+        # or failed, and a slot frees within about one transfer — a doubled wait would leave
+        # the recipient idle while donors (recovered peers among them) sit free. The solicit
+        # counter keeps counting across rounds, so the session stays bounded.
         self._sm.fire(_I.SOLICIT)
         self._new_round = True
         self._window_at = None
-        self._retransmit_at = now + self.timers.backoff(self._attempt, self._rng)
+        self._retransmit_at = now + self.timers.backoff(1, self._rng)
 
     def _give_up(self, reason: str) -> None:
         self._sm.fire(_I.GIVE_UP)
