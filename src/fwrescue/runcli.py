@@ -33,7 +33,9 @@ def register_run_commands(subparsers: Any) -> None:
     demo = subparsers.add_parser("demo", help="a simulated fleet recovering corrupted BIOSes")
     demo.add_argument("--nodes", type=int, default=8)
     demo.add_argument("--corrupt", type=int, default=3)
-    demo.add_argument("--boards", type=int, default=2)
+    demo.add_argument("--boards", type=int, default=None,
+                      help="distinct boards (default 2, or 1 below 4 nodes so every board "
+                           "has a peer to donate)")
     demo.add_argument("--json", type=Path, dest="json_path", help="write the report here")
     demo.add_argument("--hold", action="store_true",
                       help="keep the fleet running after recovery until SIGINT/SIGTERM")
@@ -89,6 +91,9 @@ def _cmd_donor(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fwrescue.sim.demo import DemoOptions, run_demo
+
+    if args.boards is None:
+        args.boards = 2 if args.nodes >= 4 else 1
 
     if not (1 <= args.nodes <= 512 and 0 <= args.corrupt <= args.nodes
             and 1 <= args.boards <= 26):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,8 +172,22 @@ def _node_entry(spec: NodeSpec, agent: Agent, row: NodeRow) -> dict[str, Any]:
     boot_log = agent.boot_logs.get("bios")
     if boot_log is not None:
         entry["boot_log"] = str(boot_log)
+        if spec.corrupted:
+            entry["boot_evidence"] = _boot_evidence(boot_log)
     if agent.redfish_url:
         entry["redfish_url"] = agent.redfish_url
         user, password, _ = agent.config.redfish.users[0]
         entry["redfish_user"], entry["redfish_password"] = user, password
     return entry
+
+
+def _boot_evidence(log: Path) -> str | None:
+    """The serial-console line that proves the host reached the UEFI shell (bounded read)."""
+    try:
+        with open(log, "rb") as f:
+            text = f.read(1 << 20).decode("ascii", "replace")
+    except OSError:
+        return None
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)  # drop the firmware's ANSI colours
+    lines = [line.strip() for line in text.splitlines() if "UEFI Interactive Shell" in line]
+    return lines[-1][:120] if lines else None

@@ -78,6 +78,10 @@ class FleetDisplay:
                           _yes(n["booted"]), n["donor"] or "", n["donor_kind"] or "",
                           n["version_before"], n["version_after"] or "", f"{n['seconds']:.2f}")
         self._console.print(table)
+        for n in report["nodes"]:
+            if n.get("boot_evidence"):
+                self._console.print(f"{n['id']} serial console: {n['boot_evidence']}",
+                                    markup=False, highlight=False)
         verdict = "[green]OK[/]" if report["ok"] else "[red]FAILED[/]"
         self._console.print(f"fleet {verdict}: every corrupted node recovered and every host "
                             "boots" if report["ok"] else f"fleet {verdict}")
