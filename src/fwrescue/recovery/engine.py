@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from fwrescue.errors import (
     FlashError,
     FlashPowerLoss,
     FwRescueError,
+    JournalError,
     RecoveryFailed,
     TrustError,
 )
@@ -258,19 +258,22 @@ class RecoveryEngine:
         on verified flash ``boot_attempts`` times in a row is powered off and recovered."""
         if self._host is None:
             return False
-        integrity = await self.check_integrity()
-        if not integrity.ok:
-            result = await self.recover(f"integrity check before power-on: {integrity.reason}")
-            return bool(result.booted)
-        for _ in range(self.settings.boot_attempts):
-            await self._host.power_on()
-            self.last_boot = await self._host.wait_boot(self.settings.boot_timeout)
-            if self.last_boot.booted:
-                return True
-            await self._host.power_off()
-        result = await self.recover(
-            f"boot watchdog: no boot success within {self.settings.boot_timeout:g} s, "
-            f"{self.settings.boot_attempts} times")
+        # Under the operation lock: no update or recovery may write the flash between the
+        # integrity check and the power-on (a Redfish Reset racing an update, say).
+        async with self._lock:
+            integrity = await self.check_integrity()
+            if integrity.ok:
+                for _ in range(self.settings.boot_attempts):
+                    await self._host.power_on()
+                    self.last_boot = await self._host.wait_boot(self.settings.boot_timeout)
+                    if self.last_boot.booted:
+                        return True
+                    await self._host.power_off()
+                reason = (f"boot watchdog: no boot success within "
+                          f"{self.settings.boot_timeout:g} s, {self.settings.boot_attempts} times")
+            else:
+                reason = f"integrity check before power-on: {integrity.reason}"
+        result = await self.recover(reason)
         return bool(result.booted)
 
     # --- the pipeline ------------------------------------------------------------------
@@ -294,6 +297,9 @@ class RecoveryEngine:
                 raise  # the BMC lost power: nothing more runs; the journal resumes it
             except FwRescueError as e:
                 result = self._fail(self.current or record, e, started)
+            except OSError as e:  # BMC storage full or failing: fail closed, host stays held
+                error = JournalError("BMC storage I/O failed", detail=str(e))
+                result = self._fail(self.current or record, error, started)
             self.last_result = result
             return result
 
@@ -432,7 +438,6 @@ class RecoveryEngine:
                      message_id=error.message_id)
         self._journal.finish(final, self._transcript)
         # Staged images in the store are kept (never lost); the host stays held.
-        shutil.rmtree(self._workdir / "partial", ignore_errors=True)
         return OperationResult(op_id=record.op_id, ok=False, reason=str(error),
                                origin=record.origin, donor_id=record.donor_id,
                                donor_kind=record.donor_kind,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,32 @@ async def test_boot_watchdog_recovers_a_host_that_never_boots_on_verified_flash(
     assert await engine.guarded_power_on()
     assert engine.last_result is not None and "boot watchdog" in engine.last_result.reason
     assert node.flash.writes == 1 and node.host.runs[-1] is True
+
+
+async def test_power_on_request_during_an_update_waits_until_the_flash_verified(
+        tmp_path: Path, signer: Signer) -> None:
+    import time as _time
+
+    node = Node(tmp_path, signer)
+    old, new = signer.firmware(size=200_000), signer.firmware(size=200_000, version="1.1.0")
+    node.genuine.append(old)
+    node.flash.data[:200_000] = old.image  # a verified image the host could run right now
+    Journal(tmp_path / "journal").set_installed(old.signed.raw)
+    node.firmware.append(new)
+    original = node.flash.write
+    host_states_while_writing: list[PowerState] = []
+
+    def slow_write(*args: Any, **kwargs: Any) -> Any:
+        _time.sleep(0.2)  # the flash thread is busy; the event loop is free to race
+        host_states_while_writing.append(node.host.state)
+        return original(*args, **kwargs)
+
+    node.flash.write = slow_write  # type: ignore[method-assign]
+    engine = node.engine()
+    update = asyncio.create_task(engine.recover("operator request"))
+    await asyncio.sleep(0.05)  # the update holds the host and is writing
+    assert await engine.guarded_power_on()
+    assert (await update).ok
+    assert host_states_while_writing == [PowerState.OFF]
+    assert node.host.runs and all(node.host.runs)
+    assert bytes(node.flash.data[:200_000]) == new.image
