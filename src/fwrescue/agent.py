@@ -22,6 +22,7 @@ from typing import Any
 
 from fwrescue.config import AgentConfig, TargetConfig
 from fwrescue.donor import DonorService
+from fwrescue.errors import FlashPowerLoss
 from fwrescue.flash.device import Flash
 from fwrescue.hardware import build_flash, build_host
 from fwrescue.host.base import FlashMode, Host
@@ -52,7 +53,6 @@ class TargetRuntime:
     flash: Flash
     host: Host | None
     engine: RecoveryEngine
-    check_task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -76,9 +76,11 @@ class Agent:
         self.events = _Listeners()
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
+        floors = dict(config.fleet_floors)
         self.verifier = Verifier(TrustStore.from_files(config.trust),
                                  RollbackStore(state / "rollback.json"),
-                                 max_image_size=config.max_image_size)
+                                 max_image_size=config.max_image_size,
+                                 fleet_floor=lambda target: floors.get(target, 0))
         self.store = PackageStore(state / "store", max_image_size=config.max_image_size)
         self.donor = DonorService(donor_id=config.node_id, kind=DonorKind.PEER, store=self.store,
                                   network=config.network, settings=config.donor,
@@ -94,24 +96,28 @@ class Agent:
         self._redfish_backend: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
-        self._started = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self, *, run_startup_checks: bool = True) -> None:
-        """Open the link, start donating, build every target, then run start-up checks
-        (integrity, interrupted operations) in the background."""
-        if self.config.donor.enabled:
-            await self.donor.start()
-        for target in self.config.targets:
-            self.targets[target.name] = self._build_target(target)
-        self._started = True
-        if self.config.redfish.enabled:
-            await self._start_redfish()
-        if run_startup_checks:
-            for runtime in self.targets.values():
-                self._tasks.append(asyncio.create_task(self._startup(runtime)))
+        """Build and validate every target first, then start donating and Redfish, then run
+        the start-up checks (interrupted operations, integrity) in the background. If any
+        step fails, whatever already started is stopped again before the error propagates."""
+        try:
+            for target in self.config.targets:
+                self.targets[target.name] = self._build_target(target)
+            if self.config.donor.enabled:
+                await self.donor.start()
+            if self.config.redfish.enabled:
+                await self._start_redfish()
+        except BaseException:
+            await self.stop()
+            raise
         for runtime in self.targets.values():
+            if run_startup_checks:
+                self._tasks.append(asyncio.create_task(self._startup(runtime)))
+            if runtime.config.check_interval_s > 0:
+                self._watchers.append(asyncio.create_task(self._periodic(runtime)))
             for spec in runtime.config.sources:
                 if spec.get("kind") == "usb":
                     self._watchers.append(asyncio.create_task(
@@ -164,7 +170,7 @@ class Agent:
             journal=Journal(state), workdir=state / "work",
             locator=SourceLadder.from_specs(target.sources, self.verifier, flash=flash)
             if target.sources else None,
-            network=network, events=self._on_event)
+            network=network, events=self.events)
         engine_holder.append(engine)
         return TargetRuntime(config=target, flash=flash, host=host, engine=engine)
 
@@ -184,23 +190,36 @@ class Agent:
         self._redfish_runner, self.redfish_url = await start_redfish_server(
             app, rf.host, rf.port, rf.tls, state)
 
-    def _on_event(self, event: OperationEvent) -> None:
-        self.events(event)
-
     async def _startup(self, runtime: TargetRuntime) -> None:
-        result = await runtime.engine.startup()
+        try:
+            result = await runtime.engine.startup()
+            if result is not None:
+                self.results[runtime.config.name] = result
+            elif runtime.host is not None:
+                await runtime.engine.guarded_power_on()
+        except FlashPowerLoss:
+            raise  # fault injection: the BMC is down
+        except Exception:  # the agent keeps serving (donor, Redfish, periodic checks)
+            log.exception("%s: start-up check of %s failed", self.config.node_id,
+                          runtime.config.name)
+
+    async def _periodic(self, runtime: TargetRuntime) -> None:
+        """Re-check the flash every ``check_interval_s``; recover only if it still fails
+        under the engine's lock (a check racing an update never undoes it)."""
+        while True:
+            await asyncio.sleep(runtime.config.check_interval_s)
+            await self._recover_if_needed(runtime, "periodic integrity check")
+
+    async def _recover_if_needed(self, runtime: TargetRuntime, why: str) -> None:
+        try:
+            result = await runtime.engine.recover_if_needed(why)
+        except FlashPowerLoss:
+            raise
+        except Exception:
+            log.exception("%s: %s of %s failed", self.config.node_id, why, runtime.config.name)
+            return
         if result is not None:
             self.results[runtime.config.name] = result
-        elif runtime.host is not None:
-            await runtime.engine.guarded_power_on()
-        if runtime.config.check_interval_s > 0:
-            while True:
-                await asyncio.sleep(runtime.config.check_interval_s)
-                integrity = await runtime.engine.check_integrity()
-                if not integrity.ok:
-                    result = await runtime.engine.recover(
-                        f"periodic integrity check: {integrity.reason}")
-                    self.results[runtime.config.name] = result
 
     async def _watch_media(self, runtime: TargetRuntime, path: Path) -> None:
         """Removable media: when a package appears (a stick is inserted, a file is copied)
@@ -208,14 +227,8 @@ class Agent:
         next trigger. The package still goes through the ladder's trust checks."""
         watcher = WatchedDirectory(path, interval=MEDIA_POLL_S)
         async for package in watcher.changes():
-            integrity = await runtime.engine.check_integrity()
-            if integrity.ok:
-                continue
-            log.info("%s: %s appeared; recovering %s", self.config.node_id, package.name,
-                     runtime.config.name)
-            result = await runtime.engine.recover(
-                f"package appeared on removable media: {package.name}")
-            self.results[runtime.config.name] = result
+            await self._recover_if_needed(
+                runtime, f"package appeared on removable media ({package.name})")
 
     # --- queries used by the CLI, the demo and Redfish ------------------------------------
 

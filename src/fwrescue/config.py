@@ -29,6 +29,8 @@ __all__ = [
     "TimerSettings",
     "load_config",
     "parse_config",
+    "parse_network",
+    "read_fleet_key",
 ]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -196,11 +198,48 @@ class AgentConfig:
     targets: tuple[TargetConfig, ...] = ()
     redfish: RedfishSettings = RedfishSettings()
     max_image_size: int = 64 * 1024 * 1024
+    #: fleet baseline: minimum security version per target, on top of the persisted floor
+    fleet_floors: Mapping[str, int] = field(default_factory=dict)
+
+
+def _fleet_floors(value: object) -> dict[str, int]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+            and 0 <= v < 2**32 for k, v in value.items()):
+        raise ConfigError("agent.fleet_floor must map target names to security versions")
+    return dict(value)
 
 
 def _identifier(value: object, where: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise ConfigError(f"{where} must be 1-64 of [A-Za-z0-9._-]", value=value)
+    return value
+
+
+# HMAC-SHA256 keys: at least 128 bits; a file larger than this is not a key.
+MIN_FLEET_KEY, MAX_FLEET_KEY = 16, 256
+
+
+def read_fleet_key(path: Path) -> bytes:
+    """The fleet key's bytes (one trailing newline dropped); ConfigError when the file is
+    missing or the key is shorter than 16 bytes — an empty key must never turn HMAC off."""
+    try:
+        if path.stat().st_size > MAX_FLEET_KEY + 2:
+            raise ConfigError("fleet key file too large", path=str(path))
+        key = path.read_bytes().removesuffix(b"\n").removesuffix(b"\r")
+    except OSError as e:
+        raise ConfigError("cannot read the fleet key file", path=str(path),
+                          detail=str(e)) from e
+    if len(key) < MIN_FLEET_KEY:
+        raise ConfigError("fleet key must be at least 16 bytes", path=str(path))
+    return key
+
+
+def _ip(value: str, key: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as e:
+        raise ConfigError(f"{key} must be an IP address", value=value) from e
     return value
 
 
@@ -216,12 +255,15 @@ def _network(s: _Section, base: Path) -> NetworkSettings:
         group=group,
         port=s.get_int("port", NetworkSettings.port, 1, 65535),
         interface=s.get_str("interface", NetworkSettings.interface),
-        transfer_host=s.get_str("transfer_host", NetworkSettings.transfer_host),
+        transfer_host=_ip(s.get_str("transfer_host", NetworkSettings.transfer_host),
+                          "network.transfer_host"),
         transfer_port=s.get_int("transfer_port", 0, 0, 65535),
         fleet_key_file=s.path("fleet_key_file", base),
         replay_window_s=s.get_float("replay_window_s", 30.0, 1.0, 3600.0),
     )
     s.done()
+    if result.fleet_key_file is not None:
+        read_fleet_key(result.fleet_key_file)
     return result
 
 
@@ -339,7 +381,7 @@ def _redfish(s: _Section) -> RedfishSettings:
         us.done()
     result = RedfishSettings(
         enabled=s.get_bool("enabled", False),
-        host=s.get_str("host", "127.0.0.1"),
+        host=_ip(s.get_str("host", "127.0.0.1"), "redfish.host"),
         port=s.get_int("port", 0, 0, 65535),
         tls=s.get_bool("tls", True),
         users=tuple(users),
@@ -372,6 +414,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
         trust=tuple((base / t).resolve() for t in trust),
         topology=agent.get_str("topology", "") or "",
         max_image_size=agent.get_int("max_image_size", 64 * 1024 * 1024, 4096, 2**31),
+        fleet_floors=_fleet_floors(agent.raw("fleet_floor", {})),
         policy=policy_name,
         policy_options=policy_options,
         network=_network(root.table("network"), base),
@@ -383,6 +426,11 @@ def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
     for section in (agent, policy, root):
         section.done()
     return config
+
+
+def parse_network(data: Mapping[str, Any], base: Path) -> NetworkSettings:
+    """Validate a ``[network]`` table on its own (the console donor's command line)."""
+    return _network(_Section(dict(data), "network"), base)
 
 
 def load_config(path: Path) -> AgentConfig:

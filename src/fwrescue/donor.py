@@ -14,11 +14,11 @@ import random
 import time
 from dataclasses import dataclass
 
-from fwrescue.config import DonorSettings, NetworkSettings
+from fwrescue.config import DonorSettings, NetworkSettings, read_fleet_key
 from fwrescue.image.store import PackageStore
 from fwrescue.protocol.codec import Codec
 from fwrescue.protocol.donor import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
-from fwrescue.protocol.events import Event, ReservationEnded, ReservationGranted
+from fwrescue.protocol.events import Event, OfferSent, ReservationEnded, ReservationGranted
 from fwrescue.protocol.messages import DonorKind
 from fwrescue.transfer.server import TransferServer, TransferServerSettings
 from fwrescue.transfer.tokens import TokenRegistry
@@ -35,8 +35,8 @@ def multicast_config(network: NetworkSettings) -> MulticastConfig:
 
 def codec_for(network: NetworkSettings) -> Codec:
     """The datagram codec; HMAC-authenticated when a fleet key file is configured."""
-    key = network.fleet_key_file.read_bytes().strip() if network.fleet_key_file else None
-    return Codec(fleet_key=key or None, replay_window_s=network.replay_window_s)
+    key = read_fleet_key(network.fleet_key_file) if network.fleet_key_file else None
+    return Codec(fleet_key=key, replay_window_s=network.replay_window_s)
 
 
 @dataclass
@@ -111,6 +111,6 @@ class DonorService:
             self.stats.ended += 1
             self.tokens.revoke(event.token)
         else:
-            if type(event).__name__ == "OfferSent":
+            if isinstance(event, OfferSent):
                 self.stats.offers += 1
             log.debug("%s: %s", self._donor_id, event)

@@ -26,7 +26,14 @@ def register_run_commands(subparsers: Any) -> None:
     donor.add_argument("--state", type=Path, default=Path("console-state"))
     donor.add_argument("--group", default="239.255.77.77")
     donor.add_argument("--port", type=int, default=17700)
-    donor.add_argument("--interface", default="127.0.0.1")
+    donor.add_argument("--interface", default="127.0.0.1",
+                       help="management-LAN address to join the multicast group on")
+    donor.add_argument("--transfer-host", default=None,
+                       help="address the image server listens on and offers announce "
+                            "(default: --interface)")
+    donor.add_argument("--transfer-port", type=int, default=0)
+    donor.add_argument("--fleet-key-file", type=Path, default=None,
+                       help="HMAC-authenticate datagrams with this fleet key")
     donor.add_argument("--id", default="console")
     donor.set_defaults(func=_cmd_donor)
 
@@ -69,10 +76,16 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
 
 def _cmd_donor(args: argparse.Namespace) -> int:
-    from fwrescue.config import NetworkSettings
+    from fwrescue.config import parse_network
     from fwrescue.console.donor import ConsoleDonor
 
-    network = NetworkSettings(group=args.group, port=args.port, interface=args.interface)
+    settings = {
+        "group": args.group, "port": args.port, "interface": args.interface,
+        "transfer_host": args.transfer_host or args.interface,
+        "transfer_port": args.transfer_port,
+        "fleet_key_file": str(args.fleet_key_file) if args.fleet_key_file else None,
+    }
+    network = parse_network({k: v for k, v in settings.items() if v is not None}, Path.cwd())
 
     async def run() -> None:
         donor = ConsoleDonor(repo=args.repo, trust=args.trust, state_dir=args.state,

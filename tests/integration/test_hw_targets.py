@@ -107,13 +107,14 @@ async def test_bios_region_at_an_offset_in_a_larger_chip_is_written_at_that_offs
     plan = build_fleet(tmp_path / "fleet", nodes=1, boards=1, image_size=BIOS,
                        network=isolated_network(), timers=FAST)
     node = plan.nodes[0]
+    corrupt_node(node)  # no copy in the BMC's own store: the USB package must be used
     newest = plan.newest(node.board)
     chip, offset = node.root / "chip.bin", 1024 * 1024
     chip.write_bytes(b"\xff" * (4 * offset))
     assert plan.console_repo is not None
     bios = replace(node.config.targets[0], network=False,
                    flash=FlashSettings(kind="file", path=chip, region_offset=offset,
-                                       region_size=offset),
+                                       region_size=BIOS),
                    sources=({"kind": "usb", "path": str(plan.console_repo)},))
     agent = Agent(replace(node.config, targets=(bios,)))
     try:

@@ -100,3 +100,17 @@ def test_timers_the_protocol_would_refuse_are_refused_at_load(tmp_path: Path) ->
     text = GOOD + "\n[timers]\noffer_window = 0.2\nbackoff_initial = 0.2\n"
     with pytest.raises(ConfigError, match=r"\[timers\]"):
         load_config(write(tmp_path, text))
+
+
+def test_fleet_floor_and_fleet_key_are_validated(tmp_path: Path) -> None:
+    text = GOOD.replace('topology = "rack1"', 'topology = "rack1"\nfleet_floor = { bios = 4 }')
+    assert load_config(write(tmp_path, text)).fleet_floors == {"bios": 4}
+    bad = GOOD.replace('topology = "rack1"', 'topology = "rack1"\nfleet_floor = { bios = -1 }')
+    with pytest.raises(ConfigError, match="fleet_floor"):
+        load_config(write(tmp_path, bad))
+    (tmp_path / "fleet.key").write_text("\n")
+    keyed = GOOD.replace("port = 17777", 'port = 17777\nfleet_key_file = "fleet.key"')
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
+        load_config(write(tmp_path, keyed))
+    (tmp_path / "fleet.key").write_text("0123456789abcdef0123\n")
+    assert load_config(write(tmp_path, keyed)).network.fleet_key_file is not None

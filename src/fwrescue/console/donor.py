@@ -9,6 +9,7 @@ reason and skipped; it never stops the console.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +73,7 @@ class ConsoleDonor:
         return self.service.transfer_url
 
     async def start(self) -> None:
-        self.import_repository()
+        await asyncio.to_thread(self.import_repository)  # hashes every package
         await self.service.start()
 
     async def stop(self) -> None:

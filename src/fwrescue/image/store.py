@@ -29,7 +29,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from fwrescue.errors import FwRescueError, LocalError, PackageError, SizeLimitExceeded
+from fwrescue.errors import (
+    ChunkMismatch,
+    FwRescueError,
+    LocalError,
+    PackageError,
+    SizeLimitExceeded,
+)
 from fwrescue.image.package import extract_verified, open_package, write_package
 from fwrescue.trust.manifest import MAX_IMAGE_SIZE, MAX_MANIFEST_BYTES, Manifest, SignedManifest
 from fwrescue.trust.verifier import VerifiedManifest, Verifier
@@ -197,11 +203,16 @@ class PackageStore:
     def _commit_image(self, verified: VerifiedManifest, image: Path, *, move: bool) -> Path:
         manifest = verified.manifest
         final = self._images / f"{manifest.sha256}.bin"
-        with contextlib.suppress(FileNotFoundError):
-            if final.stat().st_size == manifest.size:
-                if move and image.resolve() != final.resolve():
-                    image.unlink(missing_ok=True)
-                return final  # same content already stored: idempotent
+        if image.resolve() == final.resolve():
+            Verifier.verify_image_file(verified, final)
+            return final  # the caller handed back the stored file itself
+        with contextlib.suppress(FileNotFoundError, ChunkMismatch):
+            # Reuse a stored copy only if its bytes still match: a rotten file on BMC
+            # storage must be replaced by the fresh verified one, not trusted by its size.
+            Verifier.verify_image_file(verified, final)
+            if move:
+                image.unlink(missing_ok=True)
+            return final  # same content already stored: idempotent
         tmp = _temp_in(self._images, manifest.sha256)
         try:
             moved = False

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fwrescue.errors import (
+    CompatibilityError,
     FlashError,
     FlashPowerLoss,
     FwRescueError,
@@ -146,17 +147,16 @@ class RecoveryEngine:
 
     def installed(self) -> VerifiedManifest | None:
         """The verified manifest of the image recorded as installed, if it still verifies."""
-        raw = self._journal.installed_manifest()
-        if raw is None:
-            return None
         try:
+            raw = self._journal.installed_manifest()
+            if raw is None:
+                return None
             signed = SignedManifest.parse(raw)
             # The floor may have risen past an old record: trust the signature and board only.
             return self._verifier.verify_signed_ignoring_floor(
                 signed, target=self.settings.target, machine_name=self.settings.machine_name)
-        except TrustError as e:
-            log.warning("%s: installed-image record no longer verifies: %s",
-                        self.settings.target, e)
+        except (TrustError, JournalError) as e:
+            log.warning("%s: installed-image record unusable: %s", self.settings.target, e)
             return None
 
     @property
@@ -177,7 +177,7 @@ class RecoveryEngine:
         candidates = [installed] if installed else self._stored_candidates()
         for verified in candidates:
             size = verified.manifest.size
-            if size > self._flash.size:
+            if size != self._flash.size:  # an image must cover the whole region (see _fits)
                 continue
             if self._flash_digest(size) == verified.manifest.sha256:
                 if installed is None:
@@ -188,17 +188,28 @@ class RecoveryEngine:
         return Integrity(False, "no verified image matches the flash contents")
 
     def _stored_candidates(self) -> list[VerifiedManifest]:
+        """Stored images for this target and board that pass every manifest check (floor
+        included), newest security version first."""
         found = []
         for stored in self._store.list():
             manifest = stored.signed.manifest
             if manifest.fits(self.settings.target, self.settings.machine_name):
                 try:
-                    found.append(self._verifier.verify_signed_ignoring_floor(
+                    found.append(self._verifier.verify_signed(
                         stored.signed, target=self.settings.target,
                         machine_name=self.settings.machine_name))
                 except TrustError:
                     continue
+        found.sort(key=lambda v: v.manifest.security_version, reverse=True)
         return found
+
+    def _fits(self, verified: VerifiedManifest) -> None:
+        """An image must fill the flash region exactly: then the integrity check covers every
+        byte the host executes (a short image would leave the region's tail — on x86 the
+        reset vector — unchecked and unwritten)."""
+        if verified.manifest.size != self._flash.size:
+            raise CompatibilityError("image size differs from the flash region",
+                                     size=verified.manifest.size, region=self._flash.size)
 
     def _flash_digest(self, size: int) -> str:
         tmp = self._workdir / f"readback-{secrets.token_hex(4)}.bin"
@@ -214,18 +225,31 @@ class RecoveryEngine:
         """At agent start: finish an interrupted operation, else check integrity and recover
         when the flash does not verify. Returns the operation run, if any."""
         record = self._journal.load()
-        if record is not None and record.phase not in (Phase.RECOVERED, Phase.FAILED):
+        if record is not None and record.phase.past_staging and record.manifest_digest:
             log.info("%s: resuming %s interrupted in %s", self.settings.target, record.op_id,
                      record.phase.value)
             return await self._run(record.kind, record.reason, resume=record)
-        integrity = await self.check_integrity()
-        if integrity.ok:
-            return None
-        return await self.recover(f"integrity check at start: {integrity.reason}")
+        if record is not None:
+            # Nothing was written before STAGED: close the record (an operator update must be
+            # resubmitted) and let the integrity check decide whether a recovery is needed.
+            self._journal.finish(record.advance(
+                Phase.FAILED, error="interrupted before its image was staged; flash untouched"),
+                [])
+        return await self.recover_if_needed("integrity check at start")
 
     async def recover(self, reason: str, *, op_id: str | None = None) -> OperationResult:
-        """Find a verified image for this board (sources, then donors) and install it."""
+        """Find a verified image for this board (own store, sources, then donors), install it."""
         return await self._run("recovery", reason, op_id=op_id)
+
+    async def recover_if_needed(self, why: str) -> OperationResult | None:
+        """Check integrity and recover only if the flash does not verify, both under the
+        operation lock — so a check racing an update never queues a recovery that would
+        undo it. Returns the recovery run, or None when the flash verified."""
+        async with self._lock:
+            integrity = await self.check_integrity()
+            if integrity.ok:
+                return None
+            return await self._run_locked("recovery", f"{why}: {integrity.reason}")
 
     async def verify_package(self, package: Path, *, stage: Callable[..., Any],
                              origin: str = "operator") -> Located:
@@ -259,7 +283,8 @@ class RecoveryEngine:
         if self._host is None:
             return False
         # Under the operation lock: no update or recovery may write the flash between the
-        # integrity check and the power-on (a Redfish Reset racing an update, say).
+        # integrity check and the power-on (a Redfish Reset racing an update, say), nor
+        # between a failed check and the recovery it calls for.
         async with self._lock:
             integrity = await self.check_integrity()
             if integrity.ok:
@@ -273,7 +298,7 @@ class RecoveryEngine:
                           f"{self.settings.boot_timeout:g} s, {self.settings.boot_attempts} times")
             else:
                 reason = f"integrity check before power-on: {integrity.reason}"
-        result = await self.recover(reason)
+            result = await self._run_locked("recovery", reason)
         return bool(result.booted)
 
     # --- the pipeline ------------------------------------------------------------------
@@ -281,27 +306,34 @@ class RecoveryEngine:
     async def _run(self, kind: str, reason: str, *, resume: JournalRecord | None = None,
                    located: Located | None = None, op_id: str | None = None) -> OperationResult:
         async with self._lock:
-            started = self._clock()
-            if resume is not None:
-                record = resume.advance(resume.phase, restarts=resume.restarts + 1)
-            else:
-                record = JournalRecord(
-                    op_id=op_id or self.new_op_id(kind), kind=kind, phase=Phase.DETECTED,
-                    reason=reason, started_at=started, version_before=self.installed_version)
-            self._transcript = []
-            self._record(record)
-            self._note("start", kind=kind, reason=reason, resumed=resume is not None)
-            try:
-                result = await self._pipeline(record, located, started)
-            except FlashPowerLoss:
-                raise  # the BMC lost power: nothing more runs; the journal resumes it
-            except FwRescueError as e:
-                result = self._fail(self.current or record, e, started)
-            except OSError as e:  # BMC storage full or failing: fail closed, host stays held
-                error = JournalError("BMC storage I/O failed", detail=str(e))
-                result = self._fail(self.current or record, error, started)
-            self.last_result = result
-            return result
+            return await self._run_locked(kind, reason, resume=resume, located=located,
+                                          op_id=op_id)
+
+    async def _run_locked(self, kind: str, reason: str, *, resume: JournalRecord | None = None,
+                          located: Located | None = None,
+                          op_id: str | None = None) -> OperationResult:
+        """The operation itself; the caller holds ``self._lock``."""
+        started = self._clock()
+        if resume is not None:
+            record = resume.advance(resume.phase, restarts=resume.restarts + 1)
+        else:
+            record = JournalRecord(
+                op_id=op_id or self.new_op_id(kind), kind=kind, phase=Phase.DETECTED,
+                reason=reason, started_at=started, version_before=self.installed_version)
+        self._transcript = []
+        self._record(record)
+        self._note("start", kind=kind, reason=reason, resumed=resume is not None)
+        try:
+            result = await self._pipeline(record, located, started)
+        except FlashPowerLoss:
+            raise  # the BMC lost power: nothing more runs; the journal resumes it
+        except FwRescueError as e:
+            result = self._fail(self.current or record, e, started)
+        except OSError as e:  # BMC storage or device I/O failing: fail closed, host held
+            error = JournalError("I/O failed during the operation", detail=str(e))
+            result = self._fail(self.current or record, error, started)
+        self.last_result = result
+        return result
 
     async def _pipeline(self, record: JournalRecord, located: Located | None,
                         started: float) -> OperationResult:
@@ -309,10 +341,18 @@ class RecoveryEngine:
             verified, image = self._restage(record.manifest_digest)
         else:
             located = located or await self._locate(record)
-            self._note("staged", origin=located.origin, version=located.verified.manifest.version,
-                       digest=located.verified.digest)
-            stored = await asyncio.to_thread(self._store.put, located.verified, located.image)
-            verified, image = located.verified, Path(stored.image_path)
+            # Re-verified now, under the lock: the floor may have risen since this image was
+            # verified (an update queued behind another operation, or deferred to a reset).
+            verified = self._verifier.verify_signed(
+                located.verified.signed, target=self.settings.target,
+                machine_name=self.settings.machine_name)
+            self._fits(verified)
+            self._note("staged", origin=located.origin, version=verified.manifest.version,
+                       digest=verified.digest)
+            stored = self._store.get(verified.digest)
+            if stored is None or Path(stored.image_path) != located.image:
+                stored = await asyncio.to_thread(self._store.put, verified, located.image)
+            image = Path(stored.image_path)
             record = self._record(record.advance(
                 Phase.STAGED, manifest_digest=verified.digest, origin=located.origin,
                 donor_id=located.donor_id, donor_kind=located.donor_kind))
@@ -340,6 +380,9 @@ class RecoveryEngine:
     async def _locate(self, record: JournalRecord) -> Located:
         s = self.settings
         self._record(record.advance(Phase.LOCATING), percent=5)
+        own = await asyncio.to_thread(self._own_copy)
+        if own is not None:
+            return own
         if self._locator is not None:
             found = await self._locator.locate(s.target, s.machine_name, self._workdir,
                                                self._note)
@@ -363,21 +406,38 @@ class RecoveryEngine:
 
         return await self._network.fetch(request, self._note, progress)
 
+    def _own_copy(self) -> Located | None:
+        """The newest verified image for this board already in the agent's own store (a
+        staged image kept from an earlier failed attempt, or the agent's donation copy)."""
+        for verified in self._stored_candidates():
+            stored = self._store.get(verified.digest)
+            if stored is None or verified.manifest.size != self._flash.size:
+                continue
+            try:
+                Verifier.verify_image_file(verified, Path(stored.image_path))
+            except (TrustError, OSError) as e:
+                self._note("own copy refused", digest=verified.digest, reason=str(e))
+                continue
+            return Located(verified=verified, image=Path(stored.image_path), origin="bmc-store")
+        return None
+
     def _restage(self, digest: str) -> tuple[VerifiedManifest, Path]:
         """After a restart: the stored image must verify again before it is written."""
         stored = self._store.get(digest)
         if stored is None:
             raise RecoveryFailed("staged image missing from the store after restart",
                                  digest=digest)
-        verified = self._verifier.verify_signed_ignoring_floor(
+        # The floor is raised only after this image booted, so it still passes; the image
+        # bytes are re-hashed by _write_verified just before the first erase.
+        verified = self._verifier.verify_signed(
             stored.signed, target=self.settings.target, machine_name=self.settings.machine_name)
-        # The image bytes are re-hashed by _write_verified just before the first erase.
         self._note("restaged", digest=digest)
         return verified, Path(stored.image_path)
 
     async def _write_verified(self, verified: VerifiedManifest, image: Path) -> None:
         """Write with retries; every attempt ends in an independent read-back check."""
-        Verifier.verify_image_file(verified, image)  # the bytes about to be written
+        # the bytes about to be written (hashing off the event loop)
+        await asyncio.to_thread(Verifier.verify_image_file, verified, image)
         loop = asyncio.get_running_loop()
 
         def progress(done: int, total: int) -> None:  # called on the flash thread
@@ -436,7 +496,11 @@ class RecoveryEngine:
         final = record.advance(Phase.FAILED, error=str(error))
         self._record(final, state=OperationState.EXCEPTION, percent=100,
                      message_id=error.message_id)
-        self._journal.finish(final, self._transcript)
+        try:
+            self._journal.finish(final, self._transcript)
+        except OSError as e:  # storage failing too: the journal stays; a restart retries
+            log.error("%s: cannot close the journal of %s: %s", self.settings.target,
+                      record.op_id, e)
         # Staged images in the store are kept (never lost); the host stays held.
         return OperationResult(op_id=record.op_id, ok=False, reason=str(error),
                                origin=record.origin, donor_id=record.donor_id,

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
+import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,19 @@ from fwrescue.trust.rollback import atomic_write
 
 __all__ = ["Journal", "JournalRecord", "Phase"]
 
+log = logging.getLogger(__name__)
+
 # A journal holds ids and a short reason; anything larger was not written by us.
 _MAX_JOURNAL_BYTES = 64 * 1024
+# Operation ids become file names (transcripts/<op_id>.json): "rec-1a2b3c4d".
+_OP_ID = re.compile(r"^[a-z]{3}-[0-9a-f]{8}$")
+_OPT_STR = (str, type(None))
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "op_id": str, "kind": str, "phase": str, "reason": str, "started_at": (int, float),
+    "manifest_digest": _OPT_STR, "origin": _OPT_STR, "donor_id": _OPT_STR,
+    "donor_kind": _OPT_STR, "version_before": _OPT_STR, "error": _OPT_STR,
+    "restarts": int, "detail": dict,
+}
 
 
 class Phase(enum.Enum):
@@ -74,8 +88,19 @@ class JournalRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> JournalRecord:
+        """Strictly decode a record; JournalError on anything this module did not write."""
         try:
             data = json.loads(raw)
+            if not isinstance(data, dict) or set(data) - set(_FIELD_TYPES):
+                raise ValueError("unexpected fields")
+            for key, kinds in _FIELD_TYPES.items():
+                if key in data and not isinstance(data[key], kinds):
+                    raise ValueError(f"{key} has the wrong type")
+            if not _OP_ID.match(data.get("op_id", "")):
+                raise ValueError("bad op_id")
+            detail = data.get("detail", {})
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in detail.items()):
+                raise ValueError("detail must map strings to strings")
             data["phase"] = Phase(data["phase"])
             return cls(**data)
         except (ValueError, KeyError, TypeError) as e:
@@ -93,13 +118,22 @@ class Journal:
         self._installed = directory / "installed.manifest"
 
     def load(self) -> JournalRecord | None:
-        """The operation in progress, or None. JournalError on a file we did not write."""
+        """The operation in progress, or None.
+
+        A journal this module did not write (oversize, malformed) is moved aside to
+        ``journal.json.bad`` and reported as none: the caller's integrity check then decides
+        from the flash itself, which is safe whatever the journal said."""
         if not self._journal.exists():
             return None
-        raw = self._journal.read_bytes()
-        if len(raw) > _MAX_JOURNAL_BYTES:
-            raise JournalError("recovery journal too large", size=len(raw))
-        return JournalRecord.from_json(raw)
+        try:
+            raw = self._journal.read_bytes()
+            if len(raw) > _MAX_JOURNAL_BYTES:
+                raise JournalError("recovery journal too large", size=len(raw))
+            return JournalRecord.from_json(raw)
+        except (JournalError, OSError) as e:
+            log.error("%s: unusable recovery journal moved aside: %s", self.directory, e)
+            os.replace(self._journal, self._journal.with_name("journal.json.bad"))
+            return None
 
     def write(self, record: JournalRecord) -> None:
         atomic_write(self._journal, record.to_json())
@@ -110,13 +144,6 @@ class Journal:
         atomic_write(self.directory / "transcripts" / f"{record.op_id}.json",
                      json.dumps(doc, indent=1, default=str).encode())
         self._journal.unlink(missing_ok=True)
-
-    def transcript(self, op_id: str) -> dict[str, Any] | None:
-        path = self.directory / "transcripts" / f"{op_id}.json"
-        if not path.name.removesuffix(".json").replace("-", "").isalnum() or not path.exists():
-            return None
-        data: dict[str, Any] = json.loads(path.read_bytes())
-        return data
 
     def installed_manifest(self) -> bytes | None:
         """The envelope of the image last written and verified on flash (untrusted until

@@ -19,6 +19,7 @@ The loop over offers is the protocol's; this module only reacts to its events:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import random
@@ -130,10 +131,11 @@ class NetworkRecovery:
             log_event("manifest verified", donor=offer.donor_id,
                       version=verified.manifest.version,
                       security_version=verified.manifest.security_version)
-            staged = self._staging.open(verified)
+            # opening re-checks chunks kept from an earlier attempt: hashing, off the loop
+            staged = await asyncio.to_thread(self._staging.open, verified)
             try:
                 stats = await fetcher.fetch_image(url, ack.token, verified, staged, progress)
-                image = staged.finalize(self._verifier, verified)
+                image = await asyncio.to_thread(staged.finalize, self._verifier, verified)
             finally:
                 staged.close()
         except TrustError as e:

@@ -25,6 +25,7 @@ from fwrescue.config import (
     TargetConfig,
     TimerSettings,
 )
+from fwrescue.errors import ConfigError
 from fwrescue.image.package import build_package
 from fwrescue.image.store import PackageStore
 from fwrescue.recovery.journal import Journal
@@ -35,6 +36,8 @@ from fwrescue.trust.verifier import Verifier
 
 __all__ = ["FleetPlan", "NodeSpec", "Release", "build_fleet", "corrupt_node"]
 
+#: written into a fleet's root: only folders holding it are ever deleted by a new run
+FLEET_MARKER = ".fwrescue-fleet"
 # OVMF's reset vector and SEC live in the last 64 KiB of the code volume (REFERENCES.md):
 # overwriting them is the smallest corruption that stops a real host from booting.
 CORRUPT_BYTES = 64 * 1024
@@ -105,7 +108,12 @@ def build_fleet(
     newest releases and ``nodes`` provisioned BMCs (boards assigned round-robin, versions
     alternating). ``base_image`` (e.g. OVMF code) replaces random firmware bytes."""
     if root.exists():
+        if any(root.iterdir()) and not (root / FLEET_MARKER).exists():
+            raise ConfigError("refusing to replace a folder that fwrescue demo did not "
+                              "create; choose an empty or new --workdir", path=str(root))
         shutil.rmtree(root)
+    root.mkdir(parents=True)
+    (root / FLEET_MARKER).write_text("a simulated fleet; fwrescue demo may replace this folder\n")
     keys = root / "keys"
     private, _ = generate_keypair(keys, "release")
     key = SigningKey.load(private)

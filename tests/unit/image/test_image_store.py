@@ -184,3 +184,19 @@ def test_reader_streaming_an_image_is_unaffected_by_later_puts(
         rest = streaming.read()
     assert first + rest == expected
     assert len(store.list()) == 2
+
+
+def test_a_rotten_stored_image_is_replaced_by_a_fresh_verified_copy(tmp_path: Path) -> None:
+    from tests.fakes.firmware import Signer
+
+    signer = Signer(tmp_path / "k")
+    fw = signer.firmware(size=128 * 1024)
+    verified = signer.verifier(tmp_path).verify_signed(fw.signed, target="bios",
+                                                       machine_name="board-a")
+    store = PackageStore(tmp_path / "store")
+    stored = store.put(verified, fw.write_image(tmp_path / "a.bin"), move=False)
+    rotten = bytearray(stored.image_path.read_bytes())
+    rotten[5] ^= 0xFF
+    stored.image_path.write_bytes(bytes(rotten))  # same size, wrong bytes
+    again = store.put(verified, fw.write_image(tmp_path / "b.bin"))
+    assert again.image_path.read_bytes() == fw.image

@@ -85,11 +85,11 @@ def signer(tmp_path: Path) -> Signer:
 async def test_corrupt_flash_at_start_is_recovered_and_the_host_boots(
         tmp_path: Path, signer: Signer) -> None:
     node = Node(tmp_path, signer)
-    node.firmware.append(signer.firmware(size=300_000, version="1.1.0", security_version=2))
+    node.firmware.append(signer.firmware(size=REGION, version="1.1.0", security_version=2))
     result = await node.engine().startup()
     assert result is not None and result.ok and result.booted
     assert result.version_after == "1.1.0" and result.origin == "usb:/test"
-    assert bytes(node.flash.data[:300_000]) == node.firmware[0].image
+    assert bytes(node.flash.data[:REGION]) == node.firmware[0].image
     assert node.host.runs == [True]
     assert signer.verifier(tmp_path).floor("bios") == 2
     assert Journal(tmp_path / "journal").load() is None
@@ -98,9 +98,9 @@ async def test_corrupt_flash_at_start_is_recovered_and_the_host_boots(
 
 async def test_healthy_flash_at_start_runs_nothing(tmp_path: Path, signer: Signer) -> None:
     node = Node(tmp_path, signer)
-    fw = signer.firmware(size=300_000)
+    fw = signer.firmware(size=REGION)
     node.firmware.append(fw)
-    node.flash.data[:300_000] = fw.image
+    node.flash.data[:REGION] = fw.image
     PackageStore(tmp_path / "store").put(
         signer.verifier(tmp_path).verify_signed(fw.signed, target="bios",
                                                 machine_name="board-a"),
@@ -114,7 +114,7 @@ async def test_healthy_flash_at_start_runs_nothing(tmp_path: Path, signer: Signe
 async def test_power_loss_mid_flash_resumes_from_the_stored_image_after_restart(
         tmp_path: Path, signer: Signer) -> None:
     node = Node(tmp_path, signer)
-    fw = signer.firmware(size=400_000)
+    fw = signer.firmware(size=REGION)
     node.firmware.append(fw)
     node.genuine.append(fw)
     node.flash.power_cut_after = 123_456
@@ -126,7 +126,7 @@ async def test_power_loss_mid_flash_resumes_from_the_stored_image_after_restart(
     node.firmware.clear()  # the source is gone: the resume must use the stored copy
     result = await node.engine().startup()
     assert result is not None and result.ok and result.booted
-    assert bytes(node.flash.data[:400_000]) == fw.image
+    assert bytes(node.flash.data[:REGION]) == fw.image
     assert node.host.runs == [True]
 
 
@@ -144,7 +144,7 @@ async def test_no_source_leaves_the_host_held_and_reports_why(tmp_path: Path,
 
 async def test_failed_write_is_retried_then_verified(tmp_path: Path, signer: Signer) -> None:
     node = Node(tmp_path, signer)
-    node.firmware.append(signer.firmware(size=200_000))
+    node.firmware.append(signer.firmware(size=REGION))
     node.flash.fail_writes = 1
     result = await node.engine().recover("operator request")
     assert result.ok and node.flash.writes == 2
@@ -153,7 +153,7 @@ async def test_failed_write_is_retried_then_verified(tmp_path: Path, signer: Sig
 async def test_persistent_write_failure_keeps_the_host_held_and_the_stored_image(
         tmp_path: Path, signer: Signer) -> None:
     node = Node(tmp_path, signer)
-    fw = signer.firmware(size=200_000)
+    fw = signer.firmware(size=REGION)
     node.firmware.append(fw)
     node.flash.fail_writes = 10
     result = await node.engine().recover("operator request")
@@ -165,7 +165,7 @@ async def test_persistent_write_failure_keeps_the_host_held_and_the_stored_image
 async def test_dc_on_mode_holds_the_host_in_reset_while_flashing(tmp_path: Path,
                                                                  signer: Signer) -> None:
     node = Node(tmp_path, signer, mode=FlashMode.DC_ON)
-    node.firmware.append(signer.firmware(size=200_000))
+    node.firmware.append(signer.firmware(size=REGION))
     states: list[PowerState] = []
     original = node.flash.write
 
@@ -210,9 +210,9 @@ class StubbornHost(RecordingHost):
 async def test_boot_watchdog_recovers_a_host_that_never_boots_on_verified_flash(
         tmp_path: Path, signer: Signer) -> None:
     node = Node(tmp_path, signer)
-    fw = signer.firmware(size=200_000)
+    fw = signer.firmware(size=REGION)
     node.firmware.append(fw)
-    node.flash.data[:200_000] = fw.image
+    node.flash.data[:REGION] = fw.image
     PackageStore(tmp_path / "store").put(
         signer.verifier(tmp_path).verify_signed(fw.signed, target="bios",
                                                 machine_name="board-a"),
@@ -229,9 +229,9 @@ async def test_power_on_request_during_an_update_waits_until_the_flash_verified(
     import time as _time
 
     node = Node(tmp_path, signer)
-    old, new = signer.firmware(size=200_000), signer.firmware(size=200_000, version="1.1.0")
+    old, new = signer.firmware(size=REGION), signer.firmware(size=REGION, version="1.1.0")
     node.genuine.append(old)
-    node.flash.data[:200_000] = old.image  # a verified image the host could run right now
+    node.flash.data[:REGION] = old.image  # a verified image the host could run right now
     Journal(tmp_path / "journal").set_installed(old.signed.raw)
     node.firmware.append(new)
     original = node.flash.write
@@ -250,4 +250,97 @@ async def test_power_on_request_during_an_update_waits_until_the_flash_verified(
     assert (await update).ok
     assert host_states_while_writing == [PowerState.OFF]
     assert node.host.runs and all(node.host.runs)
-    assert bytes(node.flash.data[:200_000]) == new.image
+    assert bytes(node.flash.data[:REGION]) == new.image
+
+
+async def test_a_check_racing_an_update_never_queues_a_recovery_that_undoes_it(
+        tmp_path: Path, signer: Signer) -> None:
+    import time as _time
+
+    node = Node(tmp_path, signer)
+    old, new = signer.firmware(size=REGION), signer.firmware(size=REGION, version="2.0.0",
+                                                             security_version=2)
+    node.genuine += [old, new]
+    node.flash.data[:REGION] = old.image
+    Journal(tmp_path / "journal").set_installed(old.signed.raw)
+    node.firmware.append(old)  # what a recovery would find: the OLD image
+    original = node.flash.write
+
+    def slow_torn_write(offset: int, image: Path, progress: Any = None) -> Any:
+        node.flash.data[:1000] = b"\0" * 1000  # half written while the check looks
+        _time.sleep(0.2)
+        return original(offset, image, progress)
+
+    node.flash.write = slow_torn_write  # type: ignore[method-assign]
+    engine = node.engine()
+    located = Located(verified=signer.verifier(tmp_path).verify_signed(
+        new.signed, target="bios", machine_name="board-a"),
+        image=new.write_image(tmp_path / "new.bin"), origin="operator")
+    update = asyncio.create_task(engine.apply(located))
+    await asyncio.sleep(0.05)
+    assert await engine.recover_if_needed("periodic integrity check") is None
+    assert (await update).ok
+    assert bytes(node.flash.data[:REGION]) == new.image
+
+
+async def test_an_update_deferred_past_a_floor_rise_is_refused_at_apply(
+        tmp_path: Path, signer: Signer) -> None:
+    node = Node(tmp_path, signer)
+    verifier = signer.verifier(tmp_path)
+    old = signer.firmware(size=REGION, security_version=1)
+    located = Located(verified=verifier.verify_signed(old.signed, target="bios",
+                                                      machine_name="board-a"),
+                      image=old.write_image(tmp_path / "old.bin"), origin="operator")
+    newer = signer.firmware(size=REGION, security_version=5)
+    verifier.commit_flashed(verifier.verify_signed(newer.signed, target="bios",
+                                                   machine_name="board-a"))
+    result = await node.engine().apply(located)
+    assert not result.ok and "anti-rollback" in result.reason
+    assert node.flash.writes == 0
+
+
+async def test_an_update_interrupted_before_staging_is_closed_not_replayed(
+        tmp_path: Path, signer: Signer) -> None:
+    from fwrescue.recovery.journal import JournalRecord
+
+    node = Node(tmp_path, signer)
+    fw = signer.firmware(size=REGION)
+    node.genuine.append(fw)
+    node.flash.data[:REGION] = fw.image
+    journal = Journal(tmp_path / "journal")
+    journal.set_installed(fw.signed.raw)
+    journal.write(JournalRecord(op_id="upd-0badc0de", kind="update", phase=Phase.DETECTED,
+                                reason="operator update", started_at=0.0))
+    node.firmware.append(signer.firmware(size=REGION, version="9.0.0"))
+    assert await node.engine().startup() is None  # healthy flash: nothing to do
+    assert node.flash.writes == 0 and journal.load() is None
+
+
+async def test_a_verified_copy_in_the_agents_own_store_is_used_first(
+        tmp_path: Path, signer: Signer) -> None:
+    node = Node(tmp_path, signer)
+    fw = signer.firmware(size=REGION)
+    node.genuine.append(fw)
+    PackageStore(tmp_path / "store").put(
+        signer.verifier(tmp_path).verify_signed(fw.signed, target="bios",
+                                                machine_name="board-a"),
+        fw.write_image(tmp_path / "fw.bin"), move=False)
+    engine = node.engine()
+    result = await engine.recover("operator request")
+    assert result.ok and result.origin == "bmc-store"
+    assert bytes(node.flash.data[:REGION]) == fw.image
+    assert PackageStore(tmp_path / "store").image_path(fw.manifest.sha256) is not None
+
+
+async def test_a_malformed_journal_is_moved_aside_and_the_flash_decides(
+        tmp_path: Path, signer: Signer) -> None:
+    node = Node(tmp_path, signer)
+    fw = signer.firmware(size=REGION)
+    node.genuine.append(fw)
+    node.firmware.append(fw)
+    journal_dir = tmp_path / "journal"
+    journal_dir.mkdir()
+    (journal_dir / "journal.json").write_text('{"op_id": "../../x", "restarts": "9"}')
+    result = await node.engine().startup()  # erased flash: a recovery, not a crash
+    assert result is not None and result.ok
+    assert (journal_dir / "journal.json.bad").exists()
