@@ -6,8 +6,9 @@ Safety contract (NIST SP 800-193's "verify before code runs"):
   verified the manifest (signature, board, rollback floor) and every byte of the
   staged image.
 * The staged image is in the store and the journal says ``STAGED`` before the
-  first erase; an agent restarted in ``STAGED``/``FLASHING``/``VERIFYING``/
-  ``BOOTING`` re-verifies the stored image and writes it again.
+  first erase; an agent restarted in ``STAGED``/``FLASHING``/``BOOTING`` re-verifies
+  the stored image (manifest and floor, then every byte) and writes it again. One
+  interrupted before ``STAGED`` wrote nothing: it is closed and the flash decides.
 * The host is held (powered off, or in reset in DC-on mode) before the first
   erase and released only after an independent read-back of the flash matched
   the signed digest. A failed operation leaves the host held.
@@ -64,7 +65,6 @@ _PHASE_MESSAGES: dict[Phase, tuple[str, str]] = {
     Phase.STAGED: ("Update.1.3.VerifyingAtComponent", "image verified and staged"),
     Phase.FLASHING: ("Update.1.3.InstallingOnComponent",
                      "host held; writing and reading back the flash"),
-    Phase.VERIFYING: ("Update.1.3.VerifyingAtComponent", "reading back the flash"),
     Phase.BOOTING: ("Update.1.3.ApplyingOnComponent", "flash verified; booting the host"),
     Phase.RECOVERED: ("Update.1.3.UpdateSuccessful", "firmware installed and the host booted"),
     Phase.FAILED: ("Update.1.3.ApplyFailed", "the operation failed"),

@@ -51,7 +51,6 @@ class Phase(enum.Enum):
     SOLICITING = "soliciting"
     STAGED = "staged"
     FLASHING = "flashing"
-    VERIFYING = "verifying"
     BOOTING = "booting"
     RECOVERED = "recovered"
     FAILED = "failed"
@@ -59,7 +58,7 @@ class Phase(enum.Enum):
     @property
     def past_staging(self) -> bool:
         """From here on the image is in the store and the flash may be half written."""
-        return self in (Phase.STAGED, Phase.FLASHING, Phase.VERIFYING, Phase.BOOTING)
+        return self in (Phase.STAGED, Phase.FLASHING, Phase.BOOTING)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ class NetworkRecovery:
                  timers: TimerSettings, policy: Policy, verifier: Verifier,
                  staging_dir: Path, pinned_version: str | None = None,
                  limits: TransferLimits | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, deadline_s: float = 900.0) -> None:
         self._node_id = node_id
         self._topology = topology or None
         self._network = network
@@ -84,6 +84,9 @@ class NetworkRecovery:
         self._pinned = pinned_version
         self._limits = limits or TransferLimits()
         self._rng = rng or random.Random()
+        # A backstop: the session ends by itself (max_solicits) and transfers by their stall
+        # timeouts; this bounds the whole fetch even if a part misbehaves.
+        self._deadline_s = deadline_s
 
     async def fetch(self, request: FetchRequest, log_event: TranscriptLog,
                     progress: Callable[[int, int], None]) -> Located:
@@ -96,6 +99,16 @@ class NetworkRecovery:
             timers=self._timers, policy=self._policy, codec=codec_for(self._network),
             rng=self._rng, pinned_version=self._pinned)
         link = UdpMulticastLink(multicast_config(self._network))
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                return await self._negotiate(session, link, request, log_event, progress)
+        except TimeoutError as e:
+            raise RecoveryFailed("no verified image within the fetch deadline",
+                                 deadline_s=self._deadline_s) from e
+
+    async def _negotiate(self, session: RecipientSession, link: UdpMulticastLink,
+                         request: FetchRequest, log_event: TranscriptLog,
+                         progress: Callable[[int, int], None]) -> Located:
         async with aiohttp.ClientSession() as http, SessionDriver(session, link) as driver:
             fetcher = ImageFetcher(http, limits=self._limits)
             driver.act(session.start)
@@ -135,7 +148,11 @@ class NetworkRecovery:
             staged = await asyncio.to_thread(self._staging.open, verified)
             try:
                 stats = await fetcher.fetch_image(url, ack.token, verified, staged, progress)
+                # Every chunk matched the signed list; a whole-image mismatch now means the
+                # signed manifest contradicts itself: the digest is at fault, not the carrier.
+                manifest_at_fault = True
                 image = await asyncio.to_thread(staged.finalize, self._verifier, verified)
+                manifest_at_fault = False
             finally:
                 staged.close()
         except TrustError as e:
