@@ -112,6 +112,21 @@ def test_chunk_with_a_flipped_bit_or_wrong_length_is_refused(signer: Signer,
         Verifier.verify_chunk(verified, 0, fw.image[:65535])
 
 
+def test_accumulated_whole_image_digest_must_match_size_and_sha256(signer: Signer,
+                                                                  tmp_path: Path) -> None:
+    fw = signer.firmware(size=2 * 65536 + 7)
+    verified = signer.verifier(tmp_path).verify_manifest(fw.signed.raw, target="bios",
+                                                         machine_name="board-a")
+    size, sha = fw.manifest.size, fw.manifest.sha256
+    Verifier.verify_image_digest(verified, sha, size)
+    with pytest.raises(ChunkMismatch, match="size"):
+        Verifier.verify_image_digest(verified, sha, size - 1)
+    with pytest.raises(ChunkMismatch, match="digest"):
+        Verifier.verify_image_digest(verified, "0" * 64, size)
+    with pytest.raises(ChunkMismatch, match="digest"):
+        Verifier.verify_image_digest(verified, sha[:-1] + "\u00e9", size)
+
+
 def test_image_larger_than_the_agent_limit_is_refused(signer: Signer, tmp_path: Path) -> None:
     from fwrescue.trust.keys import TrustStore
 

@@ -20,6 +20,7 @@ raised by :meth:`ImageFetcher.fetch_image` carry the partial :class:`FetchStats`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from fwrescue.errors import (
     SizeLimitExceeded,
     TransferError,
 )
-from fwrescue.transfer.staging import StagedImage
+from fwrescue.transfer.staging import StagedImage, StagingError
 from fwrescue.transfer.tokens import TokenError, is_digest, validate_token
 from fwrescue.trust.manifest import MAX_MANIFEST_BYTES
 from fwrescue.trust.verifier import VerifiedManifest, Verifier
@@ -144,7 +145,11 @@ class _ChunkSink:
     """Takes complete chunks from the network: verify, write, mark, report, in that
     order, on the event loop (a worker-thread pipeline was measured slower: a hop per
     chunk plus GIL hand-offs cost more than the SHA-256 it would overlap). Only the
-    chunk being received is buffered. Durability syncs run in a worker thread."""
+    chunk being received is buffered. Durability syncs run in a worker thread.
+
+    A chunk is recorded as *received* (map state 1) only when its bytes are abandoned:
+    the donor failed mid-chunk or the chunk failed its digest. That is all the state is
+    for (``chunks_refetched``), and it spares the hot path a map write per chunk."""
 
     def __init__(self, verified: VerifiedManifest, staged: StagedImage, check: ChunkCheck,
                  progress: Callable[[int, int], None] | None, *, done: int) -> None:
@@ -153,27 +158,45 @@ class _ChunkSink:
         self.counters = _Counters(done=done)
         self._check = check
         self._progress = progress
+        self._size = verified.manifest.size
         self._sync: asyncio.Future[None] | None = None
+        self._in_flight: int | None = None
 
     def begin(self, index: int) -> None:
-        if self.staged.begin_chunk(index):
+        """The first bytes of chunk ``index`` arrived."""
+        if self.staged.was_fetched(index):
             self.counters.chunks_refetched += 1
+        self._in_flight = index
 
     def put(self, index: int, data: bytes) -> None:
         """Raise ChunkMismatch (nothing written or marked) unless ``data`` verifies."""
         self._check(self.verified, index, data)
-        self.staged.write_chunk(index, data)
-        self.staged.mark_verified(index)
-        length = len(data)
-        self.counters.chunks_fetched += 1
-        self.counters.done += length
+        staged = self.staged
+        staged.write_chunk(index, data)
+        staged.mark_verified(index)
+        self._in_flight = None
+        counters = self.counters
+        counters.chunks_fetched += 1
+        counters.done += len(data)
         if self._progress is not None:
-            self._progress(self.counters.done, self.verified.manifest.size)
-        if self.staged.sync_due and (self._sync is None or self._sync.done()):
+            self._progress(counters.done, self._size)
+        if staged.sync_due and (self._sync is None or self._sync.done()):
             previous = self._sync
             if previous is not None:
                 previous.result()  # a failed sync is a StagingError now, not later
-            self._sync = asyncio.get_running_loop().run_in_executor(None, self.staged.sync)
+            self._sync = asyncio.get_running_loop().run_in_executor(None, self._background)
+
+    def _background(self) -> None:
+        """Worker thread: make the verified data durable, then extend the whole-image
+        digest over the verified prefix so ``finalize`` has little left to hash."""
+        self.staged.sync()
+        self.staged.digest_ahead()
+
+    def abandon(self) -> None:
+        """Record the chunk in flight as received-but-unverified (see the class doc)."""
+        index, self._in_flight = self._in_flight, None
+        if index is not None:
+            self.staged.begin_chunk(index)
 
     async def close(self) -> None:
         """Wait for a background sync, so no thread touches the staging afterwards."""
@@ -273,6 +296,10 @@ class ImageFetcher:
             try:
                 for first, last in _runs(missing):
                     await self._fetch_run(url, headers, sink, first, last)
+            except BaseException:
+                with contextlib.suppress(StagingError):  # bookkeeping; the cause wins
+                    sink.abandon()
+                raise
             finally:
                 await sink.close()
         except FwRescueError as e:
@@ -293,14 +320,16 @@ class ImageFetcher:
                                          allow_redirects=False) as resp:
                 self._check_image_response(resp, start, end, manifest.size)
                 request_started = self._clock()
+                read = resp.content.read
+                read_block = self.limits.read_block
+                counters = sink.counters
                 received = 0
                 for index in range(first, last + 1):
-                    _, length = manifest.chunk_span(index)
+                    length = manifest.chunk_span(index)[1]
                     parts: list[bytes] = []
                     got = 0
                     while got < length:
-                        block = await resp.content.read(min(length - got,
-                                                            self.limits.read_block))
+                        block = await read(min(length - got, read_block))
                         if not block:
                             raise DonorUnavailable("donor ended the image early",
                                                    chunk=index, expected=end - start,
@@ -310,7 +339,7 @@ class ImageFetcher:
                         parts.append(block)
                         got += len(block)
                         received += len(block)
-                        sink.counters.bytes_received += len(block)
+                        counters.bytes_received += len(block)
                         self._check_throughput(received, request_started)
                     sink.put(index, parts[0] if len(parts) == 1 else b"".join(parts))
                     del parts

@@ -18,7 +18,8 @@ learns nothing about content it was not granted.
 Admission control: at most ``max_uploads`` image bodies stream at once; others get 503
 with ``Retry-After``. ``on_load_change(n)`` reports the live count (OFFERs carry it).
 An optional per-upload rate limit paces the body (to simulate a 100 Mb/s BMC link).
-Bodies are read from the file in ``read_block`` pieces, so memory per upload is bounded.
+Unpaced bodies go out with zero-copy ``sendfile`` in ``read_block`` pieces; paced ones
+(and TLS) are read from the file in ``read_block`` pieces. Memory per upload is bounded.
 """
 
 from __future__ import annotations
@@ -273,9 +274,11 @@ async def _stream(request: web.Request, resp: web.StreamResponse, fd: int, first
     state = request.app[SERVER_STATE]
     loop = asyncio.get_running_loop()
     rate = settings.rate_limit_bps
+    offset, end = first, last + 1
+    if rate is None:
+        offset = await _sendfile(request, fd, offset, end, token)
     block = settings.read_block if rate is None else max(4096, min(settings.read_block,
                                                                    rate // 20))
-    offset, end = first, last + 1
     started = loop.time()
     while offset < end:
         data = await loop.run_in_executor(None, os.pread, fd, min(block, end - offset), offset)
@@ -289,6 +292,38 @@ async def _stream(request: web.Request, resp: web.StreamResponse, fd: int, first
             ahead = (offset - first) / rate - (loop.time() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
+
+
+async def _sendfile(request: web.Request, fd: int, offset: int, end: int, token: str) -> int:
+    """Send ``[offset, end)`` of ``fd`` with zero-copy ``sendfile`` in ``read_block``
+    pieces (so ``bytes_by_token`` moves as the body does) and return the offset reached:
+    ``end``, or less when the transport cannot sendfile (TLS) and the caller streams
+    the rest. A file shorter than announced aborts the upload, as in the copy loop."""
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("client went away")
+    state = request.app[SERVER_STATE]
+    piece_size = request.app[SETTINGS].read_block
+    loop = asyncio.get_running_loop()
+    with os.fdopen(fd, "rb", buffering=0, closefd=False) as file:
+        while offset < end:
+            piece = min(piece_size, end - offset)
+            # Counted when handed over, as the copy loop counts a buffered write: the
+            # peer may have read the piece before this coroutine resumes.
+            state.add_bytes(token, piece)
+            try:
+                sent = await loop.sendfile(transport, file, offset, piece, fallback=False)
+            except NotImplementedError:
+                state.add_bytes(token, -piece)
+                return offset
+            except BaseException:
+                state.add_bytes(token, -piece)
+                raise
+            if sent < piece:
+                state.add_bytes(token, sent - piece)
+                raise ConnectionResetError("image file shorter than announced")
+            offset += sent
+    return offset
 
 
 def create_transfer_app(

@@ -15,6 +15,17 @@ For an image ``S`` (its SHA-256) the staging directory holds:
 ``S.img``
     The finalized image, after the whole file matched the manifest.
 
+Whole-image check: :meth:`StagedImage.digest_ahead` extends a running SHA-256 over the
+*verified prefix* of the part file (chunks ``0..k`` all verified), reading it back into
+one reused 256 KiB buffer; the fetcher runs it in the same worker-thread job as each
+sync, so by the end of a transfer most of the image is hashed already, off the event
+loop. Opening a staging feeds the prefix it re-verifies into the same digest.
+:meth:`finalize` hashes only what is left and hands the digest to
+``Verifier.verify_image_digest``. The bytes hashed are the file's bytes, as a one-pass
+``verify_image_file`` would read them, only earlier: verified chunks are never
+rewritten, so a hashed prefix stays what it was unless something outside this class
+alters the file (the flash path re-checks the image it writes anyway).
+
 Durability: :meth:`StagedImage.sync` ``fdatasync``\\ s the data file *then* the map; the
 fetcher runs it in a worker thread whenever ``sync_due`` (every ``sync_bytes`` of newly
 verified data) so the network never waits on the disk, and :meth:`finalize` runs it
@@ -34,6 +45,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -54,6 +66,9 @@ _UNTOUCHED, _RECEIVED, _VERIFIED = 0, 1, 2
 # 8 MiB between fdatasyncs: a power cut costs at most that much refetching, and a
 # 32 MiB image takes four syncs rather than one per chunk.
 DEFAULT_SYNC_BYTES = 8 * 1024 * 1024
+# Read-back block for the whole-image digest: few thread hand-offs, memory like one
+# socket read block.
+_DIGEST_BLOCK = 256 * 1024
 
 
 class StagingError(LocalError):
@@ -66,6 +81,9 @@ class ImageVerifier(Protocol):
     """What finalize needs from the trust module (``Verifier`` or an instance of it)."""
 
     def verify_image_file(self, verified: VerifiedManifest, path: Path) -> None: ...
+
+    def verify_image_digest(self, verified: VerifiedManifest, sha256_hex: str,
+                            size: int) -> None: ...
 
 
 def _chunks_digest(verified: VerifiedManifest) -> str:
@@ -136,6 +154,12 @@ class StagedImage:
         self._unsynced = 0
         self._written: set[int] = set()
         self._closed = False
+        # The SHA-256 of the part file's first ``_digested`` bytes, always a prefix of
+        # verified chunks. The lock also keeps close() from pulling fds from under a
+        # worker thread that syncs or hashes.
+        self._digest = hashlib.sha256()
+        self._digested = 0
+        self._io_lock = threading.Lock()
         self._header = self._make_header(verified)
         self._state = self._load_state()
         if self._state is None:
@@ -205,14 +229,23 @@ class StagedImage:
         return self._area.directory
 
     def _recheck(self) -> None:
-        """Demote map-claimed chunks whose bytes do not verify (power cut before sync)."""
+        """Demote map-claimed chunks whose bytes do not verify (power cut before sync);
+        the verified prefix feeds the whole-image digest on the way."""
+        prefix = True
         for index, state in enumerate(self._state or b""):
             if state != _VERIFIED:
+                prefix = False
                 continue
+            data = self.read_chunk(index)
             try:
-                Verifier.verify_chunk(self.verified, index, self.read_chunk(index))
+                Verifier.verify_chunk(self.verified, index, data)
             except ChunkMismatch:
                 self._set(index, _RECEIVED)
+                prefix = False
+                continue
+            if prefix:
+                self._digest.update(data)
+                self._digested += len(data)
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -302,11 +335,50 @@ class StagedImage:
         durable at least what was written before it started.
         """
         self._unsynced = 0
-        try:
-            os.fdatasync(self._part_fd)
-            os.fdatasync(self._map_fd)
-        except OSError as e:
-            raise StagingError("cannot sync staging", detail=str(e)) from e
+        with self._io_lock:
+            self._check_open()
+            try:
+                os.fdatasync(self._part_fd)
+                os.fdatasync(self._map_fd)
+            except OSError as e:
+                raise StagingError("cannot sync staging", detail=str(e)) from e
+
+    def digest_ahead(self) -> int:
+        """Extend the whole-image SHA-256 over the verified prefix of the part file and
+        return how many bytes it now covers; StagingError on I/O failure or a short file.
+
+        Safe to run in a worker thread while the owner keeps writing and marking other
+        chunks: a verified chunk is never rewritten, and a chunk is marked only after
+        its bytes were written.
+        """
+        with self._io_lock:
+            state = self._st
+            chunk_size = self.verified.manifest.chunk_size
+            index = self._digested // chunk_size
+            while index < self.chunk_count and state[index] == _VERIFIED:
+                index += 1
+            end = self.size if index == self.chunk_count else index * chunk_size
+            position = self._digested
+            if position == end:
+                return position
+            buffer = memoryview(bytearray(min(_DIGEST_BLOCK, end - position)))
+            try:
+                while position < end:
+                    count = os.preadv(self._part_fd, [buffer[:end - position]], position)
+                    if count <= 0:
+                        raise StagingError("staged file is shorter than the image",
+                                           offset=position)
+                    self._digest.update(buffer[:count])
+                    position += count
+            except OSError as e:
+                raise StagingError("cannot read staged image", detail=str(e)) from e
+            finally:
+                self._digested = position
+            return position
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StagingError("staged image is closed", sha256=self.sha256)
 
     def _set(self, index: int, state: int) -> None:
         try:
@@ -320,8 +392,11 @@ class StagedImage:
     def finalize(self, verifier: ImageVerifier, verified: VerifiedManifest) -> Path:
         """Verify the whole staged file and move it to ``S.img``; return that path.
 
-        Raises StagingError if incomplete or ``verified`` names another image, and
-        ChunkMismatch (after deleting the part file and map) if the file does not match.
+        The check is ``verifier.verify_image_digest`` on the running digest, once
+        :meth:`digest_ahead` has hashed what is left; a part file whose size changed
+        goes to the one-pass ``verifier.verify_image_file`` instead. Raises StagingError
+        if incomplete or ``verified`` names another image, and ChunkMismatch (after
+        deleting the part file and map) if the file does not match.
         """
         if verified.manifest.sha256 != self.sha256 or verified.manifest.size != self.size:
             raise StagingError("manifest names another image", sha256=self.sha256)
@@ -330,7 +405,14 @@ class StagedImage:
                                missing=len(self.missing()))
         self.sync()
         try:
-            verifier.verify_image_file(verified, self.part_path)
+            resized = os.fstat(self._part_fd).st_size != self.size
+        except OSError as e:
+            raise StagingError("cannot stat staged image", detail=str(e)) from e
+        try:
+            if resized:  # not the file it was made as: the one-pass check says how
+                verifier.verify_image_file(verified, self.part_path)
+            covered = self.digest_ahead()
+            verifier.verify_image_digest(verified, self._digest.hexdigest(), covered)
         except ChunkMismatch:
             self.discard()
             raise
@@ -353,12 +435,13 @@ class StagedImage:
 
     def close(self) -> None:
         """Release file descriptors; the staging stays on disk for a later resume."""
-        if self._closed:
-            return
-        self._closed = True
-        for fd in (self._part_fd, self._map_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._io_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self._part_fd, self._map_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         self._area._closed(self.sha256)
 
     def __enter__(self) -> StagedImage:

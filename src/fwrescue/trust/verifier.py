@@ -11,9 +11,11 @@ each raising its own :class:`~fwrescue.errors.TrustError` subclass:
 4. **Compatible.** ``target`` is the component being recovered and this machine's
    board is among ``machine_names`` (OpenBMC rejects a foreign ``MachineName`` too).
 5. **Not rolled back.** ``security_version`` is at least the persisted floor for the
-   target and the fleet floor from the console (Uptane's release counter).
+   target and the fleet floor (the agent's ``fleet_floor`` setting; Uptane's release counter).
 6. **Exact bytes.** Every chunk matches its signed SHA-256 as it arrives, and the
-   whole staged image matches ``sha256`` and ``size`` before any flash write.
+   whole staged image matches ``sha256`` and ``size`` before any flash write, whether
+   the file is hashed in one pass (:meth:`Verifier.verify_image_file`) or its digest
+   was accumulated over the staged bytes (:meth:`Verifier.verify_image_digest`).
 
 After a successful flash, :meth:`Verifier.commit_flashed` raises the floor; it
 never lowers it. Nothing outside this module decides whether bytes are trusted.
@@ -188,6 +190,17 @@ class Verifier:
             raise ChunkMismatch("staged image has the wrong size", expected=manifest.size,
                                 actual=size)
         if not hmac.compare_digest(sha256_file(path), manifest.sha256):
+            raise ChunkMismatch("staged image digest does not match the manifest")
+
+    @staticmethod
+    def verify_image_digest(verified: VerifiedManifest, sha256_hex: str, size: int) -> None:
+        """Step 6 for a whole staged image whose SHA-256 the caller accumulated over
+        exactly ``size`` staged bytes; raise ChunkMismatch unless both match the manifest."""
+        manifest = verified.manifest
+        if size != manifest.size:
+            raise ChunkMismatch("staged image has the wrong size", expected=manifest.size,
+                                actual=size)
+        if not (sha256_hex.isascii() and hmac.compare_digest(sha256_hex, manifest.sha256)):
             raise ChunkMismatch("staged image digest does not match the manifest")
 
     def commit_flashed(self, verified: VerifiedManifest) -> bool:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from fwrescue.errors import DonorUnavailable, SizeLimitExceeded, TransferError
+from fwrescue.errors import ChunkMismatch, DonorUnavailable, SizeLimitExceeded, TransferError
 from fwrescue.transfer.client import ImageFetcher, TransferLimits
 from fwrescue.transfer.server import TransferServerSettings
 from fwrescue.transfer.staging import StagingArea
 from fwrescue.trust.verifier import Verifier
-from tests.unit.transfer.testkit import OTHER_TOKEN, TOKEN, Donor, Package
+from tests.fakes.firmware import Signer
+from tests.unit.transfer.testkit import OTHER_TOKEN, TOKEN, Donor, Package, inconsistent
 
 StartDonor = Callable[..., Awaitable[Donor]]
 
@@ -131,3 +134,37 @@ async def test_nobody_listening_is_donor_unavailable(
     with pytest.raises(DonorUnavailable):
         await fetcher.fetch_image(f"http://127.0.0.1:{port}", TOKEN, package.verified,
                                   staging.open(package.verified))
+
+
+async def test_background_syncs_hash_the_verified_prefix_ahead_of_finalize(
+        donors: StartDonor, package: Package, session: aiohttp.ClientSession,
+        tmp_path: Path, verifier: Verifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    donor = await donors(package)
+    staged = StagingArea(tmp_path / "s", sync_bytes=8 * 4096).open(package.verified)
+    covered: list[tuple[bool, int]] = []
+    ahead = staged.digest_ahead
+
+    def spy() -> int:
+        result = ahead()
+        covered.append((threading.current_thread() is threading.main_thread(), result))
+        return result
+
+    monkeypatch.setattr(staged, "digest_ahead", spy)
+    await ImageFetcher(session).fetch_image(donor.base_url, TOKEN, package.verified, staged)
+    assert covered and not any(on_loop for on_loop, _ in covered)  # worker threads only
+    assert covered[-1][1] >= len(package.data) // 2  # most of the image hashed already
+    assert staged.finalize(verifier, package.verified).read_bytes() == package.data
+
+
+async def test_fetched_image_whose_chunks_verify_but_whole_digest_does_not_is_refused(
+        donors: StartDonor, package: Package, session: aiohttp.ClientSession,
+        tmp_path: Path, signer: Signer, verifier: Verifier) -> None:
+    liar = inconsistent(signer, verifier, package)
+    donor = await donors(liar)
+    staged = StagingArea(tmp_path / "s", sync_bytes=8 * 4096).open(liar.verified)
+    stats = await ImageFetcher(session).fetch_image(donor.base_url, TOKEN, liar.verified,
+                                                    staged)
+    assert staged.complete() and stats.chunks_fetched == liar.verified.manifest.chunk_count
+    with pytest.raises(ChunkMismatch, match="digest"):
+        staged.finalize(verifier, liar.verified)
+    assert not staged.part_path.exists() and not staged.final_path.exists()

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
 
-from fwrescue.transfer.server import TransferServerSettings, parse_range
-from tests.unit.transfer.testkit import OTHER_TOKEN, TOKEN, Donor, Package
+from fwrescue.transfer.server import TransferServer, TransferServerSettings, parse_range
+from fwrescue.transfer.tokens import TokenRegistry
+from tests.unit.transfer.testkit import (
+    OTHER_TOKEN,
+    TOKEN,
+    Donor,
+    FakeClock,
+    MemoryCatalog,
+    Package,
+)
 
 StartDonor = Callable[..., Awaitable[Donor]]
 
@@ -159,3 +168,33 @@ async def test_second_concurrent_upload_gets_503_with_retry_after(
             break
         await asyncio.sleep(0.02)
     assert donor.loads[0] == 1 and donor.loads[-1] == 0
+
+
+@pytest.mark.parametrize("rate", [None, 1 << 30])  # sendfile path, paced copy path
+async def test_image_file_that_shrinks_mid_upload_is_cut_short_never_padded(
+        package: Package, session: aiohttp.ClientSession, rate: int | None) -> None:
+    half = len(package.data) // 2
+    catalog = MemoryCatalog({package.digest: package.raw}, {package.sha256: package.path})
+    registry = TokenRegistry(clock=FakeClock())
+    registry.grant(TOKEN, image_sha256=package.sha256, manifest_digest=package.digest,
+                   expires_at=FakeClock().now + 60)
+
+    def shrink(active: int) -> None:  # runs after fstat, before the body is sent
+        if active:
+            os.truncate(package.path, half)
+
+    server = TransferServer(catalog, registry,
+                            TransferServerSettings(rate_limit_bps=rate, read_block=4096),
+                            on_load_change=shrink)
+    base_url = await server.start()
+    body = bytearray()
+    try:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with session.get(f"{base_url}/images/{package.sha256}", headers=auth()) as r:
+                assert r.status == 200 and r.content_length == len(package.data)
+                async for block in r.content.iter_chunked(65536):
+                    body += block
+    finally:
+        await server.stop()
+    assert bytes(body) == package.data[:half]
+    assert server.stats.bytes_by_token[TOKEN] == half

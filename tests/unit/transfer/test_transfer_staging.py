@@ -10,7 +10,8 @@ import pytest
 from fwrescue.errors import ChunkMismatch
 from fwrescue.transfer.staging import StagingArea, StagingError
 from fwrescue.trust.verifier import Verifier
-from tests.unit.transfer.testkit import Package
+from tests.fakes.firmware import Signer
+from tests.unit.transfer.testkit import Package, inconsistent
 
 
 def chunk(package: Package, i: int) -> bytes:
@@ -93,6 +94,9 @@ def test_finalize_mismatch_deletes_part_and_map(staging: StagingArea, package: P
         def verify_image_file(self, verified: object, path: Path) -> None:
             raise ChunkMismatch("whole image does not match")
 
+        def verify_image_digest(self, verified: object, sha256_hex: str, size: int) -> None:
+            raise ChunkMismatch("whole image does not match")
+
     n = package.verified.manifest.chunk_count
     stage_all(staging, package, list(range(n)))
     staged = staging.open(package.verified)
@@ -141,3 +145,102 @@ def test_discard_removes_everything(staging: StagingArea, package: Package) -> N
     assert not staged.part_path.exists() and not staged.map_path.exists()
     with pytest.raises(StagingError):
         staged.missing()
+
+
+def test_in_order_staging_finalizes_from_its_running_digest(staging: StagingArea,
+                                                            package: Package,
+                                                            verifier: Verifier) -> None:
+    staged = staging.open(package.verified)
+    n = package.verified.manifest.chunk_count
+    for i in range(n):
+        staged.write_chunk(i, chunk(package, i))
+        staged.mark_verified(i)
+        if i == n // 2:
+            assert staged.digest_ahead() == (i + 1) * package.chunk_size
+    assert staged.finalize(verifier, package.verified).read_bytes() == package.data
+
+
+def test_in_order_staging_of_chunks_that_verify_but_not_as_a_whole_is_refused(
+        staging: StagingArea, package: Package, signer: Signer, verifier: Verifier) -> None:
+    liar = inconsistent(signer, verifier, package)
+    staged = staging.open(liar.verified)
+    for i in range(liar.verified.manifest.chunk_count):
+        Verifier.verify_chunk(liar.verified, i, chunk(liar, i))  # each chunk is fine
+        staged.write_chunk(i, chunk(liar, i))
+        staged.mark_verified(i)
+    staged.digest_ahead()
+    with pytest.raises(ChunkMismatch, match="digest"):
+        staged.finalize(verifier, liar.verified)
+    assert not staged.part_path.exists() and not staged.map_path.exists()
+    assert not staged.final_path.exists()
+
+
+def test_resumed_staging_of_chunks_that_verify_but_not_as_a_whole_is_refused(
+        tmp_path: Path, package: Package, signer: Signer, verifier: Verifier) -> None:
+    liar = inconsistent(signer, verifier, package)
+    n = liar.verified.manifest.chunk_count
+    stage_all(StagingArea(tmp_path / "s"), liar, list(range(0, n, 2)))  # out of order too
+    again = StagingArea(tmp_path / "s").open(liar.verified)
+    for i in again.missing():
+        again.write_chunk(i, chunk(liar, i))
+        again.mark_verified(i)
+    with pytest.raises(ChunkMismatch, match="digest"):
+        again.finalize(verifier, liar.verified)
+    assert not again.part_path.exists() and not again.final_path.exists()
+
+
+def test_resumed_staging_finalizes_the_exact_image(tmp_path: Path, package: Package,
+                                                   verifier: Verifier) -> None:
+    n = package.verified.manifest.chunk_count
+    stage_all(StagingArea(tmp_path / "s"), package, [0, 1, 2, 7, n - 1])
+    again = StagingArea(tmp_path / "s").open(package.verified)
+    assert again.digest_ahead() == 3 * package.chunk_size  # the prefix kept from before
+    for i in again.missing():
+        again.write_chunk(i, chunk(package, i))
+        again.mark_verified(i)
+    assert again.finalize(verifier, package.verified).read_bytes() == package.data
+
+
+def test_staged_bytes_altered_on_disk_before_they_were_hashed_fail_finalize(
+        staging: StagingArea, package: Package, verifier: Verifier) -> None:
+    staged = staging.open(package.verified)
+    n = package.verified.manifest.chunk_count
+    for i in range(n):
+        staged.write_chunk(i, chunk(package, i))
+        staged.mark_verified(i)
+    with open(staged.part_path, "r+b") as f:  # storage flips a bit after the chunk check
+        f.seek(n // 2 * package.chunk_size + 5)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ChunkMismatch):
+        staged.finalize(verifier, package.verified)
+    assert not staged.part_path.exists() and not staged.final_path.exists()
+
+
+def test_part_file_that_changed_size_fails_finalize_on_its_size(
+        staging: StagingArea, package: Package, verifier: Verifier) -> None:
+    staged = staging.open(package.verified)
+    for i in range(package.verified.manifest.chunk_count):
+        staged.write_chunk(i, chunk(package, i))
+        staged.mark_verified(i)
+    with open(staged.part_path, "ab") as f:
+        f.write(b"trailing junk")
+    with pytest.raises(ChunkMismatch, match="size"):
+        staged.finalize(verifier, package.verified)
+    assert not staged.part_path.exists() and not staged.final_path.exists()
+
+
+def test_digest_ahead_covers_only_the_verified_prefix(staging: StagingArea,
+                                                      package: Package) -> None:
+    cs = package.chunk_size
+    with staging.open(package.verified) as staged:
+        for i in (0, 1, 3):
+            staged.write_chunk(i, chunk(package, i))
+            staged.mark_verified(i)
+        staged.write_chunk(2, chunk(package, 2))  # written, not yet marked
+        assert staged.digest_ahead() == 2 * cs
+        staged.mark_verified(2)
+        assert staged.digest_ahead() == 4 * cs
+    with pytest.raises(StagingError):
+        staged.digest_ahead()  # closed

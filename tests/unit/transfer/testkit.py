@@ -4,6 +4,7 @@ rogue) on 127.0.0.1, and a package of random bytes signed with a real release ke
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,6 +64,16 @@ class Package:
     @property
     def chunk_size(self) -> int:
         return self.verified.manifest.chunk_size
+
+
+def inconsistent(signer: Signer, verifier: Verifier, package: Package) -> Package:
+    """The same bytes and chunk list, signed with a whole-image SHA-256 of other bytes:
+    every chunk verifies, only the whole-image check can refuse it."""
+    manifest = dataclasses.replace(package.firmware.manifest,
+                                   sha256=hashlib.sha256(b"other bytes").hexdigest())
+    signed = signer.key.sign_manifest(manifest)
+    verified = verifier.verify_manifest(signed.raw, target="bios", machine_name="board-a")
+    return dataclasses.replace(package, verified=verified)
 
 
 def make_package(signer: Signer, verifier: Verifier, directory: Path, *, size: int,
