@@ -24,9 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fwrescue.agent import Agent
-from fwrescue.config import DonorSettings, NetworkSettings, TimerSettings
+from fwrescue.config import DonorSettings, TimerSettings
 from fwrescue.console.donor import ConsoleDonor
-from fwrescue.sim.fleet import build_fleet, corrupt_node
+from fwrescue.sim.fleet import build_fleet, corrupt_node, isolated_network
 
 IMAGE = 1024 * 1024
 LINK_BPS = 100_000_000 // 8  # a 100 Mb/s NC-SI BMC link, per upload
@@ -42,8 +42,7 @@ async def run(recipients: int, root: Path, seed: int) -> tuple[float, float, int
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=recipients + HEALTHY + 4))
     rng = random.Random(seed)
-    network = NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
-                              port=rng.randint(20000, 60000))
+    network = isolated_network(rng)
     plan = build_fleet(root, nodes=recipients + HEALTHY, boards=1, image_size=IMAGE,
                        network=network, seed=seed,
                        timers=TimerSettings(startup_jitter=0.5, offer_window=0.3,

@@ -5,22 +5,19 @@ before the switch would have left the old bank active."""
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import replace
 from pathlib import Path
 
 from fwrescue.agent import Agent
-from fwrescue.config import NetworkSettings, TimerSettings
+from fwrescue.config import TimerSettings
 from fwrescue.console.donor import ConsoleDonor
-from fwrescue.sim.fleet import build_fleet, corrupt_node
+from fwrescue.sim.fleet import build_fleet, corrupt_node, isolated_network
 
 MIB = 1024 * 1024
 
 
 async def test_recovery_writes_the_inactive_bank_and_switches_last(tmp_path: Path) -> None:
-    rng = random.Random()
-    network = NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
-                              port=rng.randint(20000, 60000))
+    network = isolated_network()
     plan = build_fleet(tmp_path / "fleet", nodes=1, boards=1, image_size=MIB,
                        chip_size=4 * MIB, network=network,
                        timers=TimerSettings(startup_jitter=0.05, offer_window=0.2))

@@ -7,7 +7,6 @@ sector: one erase), every write going through the flashrom binary.
 from __future__ import annotations
 
 import asyncio
-import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,16 @@ from typing import Any
 import pytest
 
 from fwrescue.agent import Agent
-from fwrescue.config import NetworkSettings, TimerSettings
+from fwrescue.config import TimerSettings
 from fwrescue.flash.flashrom import FlashromFlash
 from fwrescue.image.package import build_package
-from fwrescue.sim.fleet import build_fleet, corrupt_node
+from fwrescue.sim.fleet import build_fleet, corrupt_node, isolated_network
 
 pytestmark = pytest.mark.slow
 
 CHIP = 16 * 1024 * 1024
 SECTOR = 4096
 TIMEOUT = 180.0
-
-
-def isolated_network() -> NetworkSettings:
-    """A multicast group and port of this test's own (RFC 2365 organization-local scope)."""
-    rng = random.Random()
-    return NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
-                           port=rng.randint(20000, 60000))
 
 
 FAST = TimerSettings(startup_jitter=0.05, offer_window=0.2, accept_timeout=1.0,

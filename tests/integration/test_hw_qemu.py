@@ -11,7 +11,6 @@ the recovery, and the donor's own host is never started.
 from __future__ import annotations
 
 import asyncio
-import random
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -19,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from fwrescue.agent import Agent
-from fwrescue.config import NetworkSettings, TimerSettings
+from fwrescue.config import TimerSettings
 from fwrescue.host.qemu import QemuHost, find_ovmf
-from fwrescue.sim.fleet import CORRUPT_BYTES, NodeSpec, build_fleet, corrupt_node
+from fwrescue.sim.fleet import CORRUPT_BYTES, NodeSpec, build_fleet, corrupt_node, isolated_network
 
 pytestmark = pytest.mark.slow
 
@@ -32,13 +31,6 @@ FAST = TimerSettings(startup_jitter=0.05, offer_window=0.2, accept_timeout=1.0,
                      backoff_initial=0.5, backoff_max=2.0)
 #: The dark host gets at least the recovered host's boot time plus this before judging.
 DARK_MARGIN = 2.0
-
-
-def isolated_network() -> NetworkSettings:
-    """A multicast group and port of this test's own (RFC 2365 organization-local scope)."""
-    rng = random.Random()
-    return NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
-                           port=rng.randint(20000, 60000))
 
 
 def with_flash_mode(node: NodeSpec, mode: str) -> NodeSpec:

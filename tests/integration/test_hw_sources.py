@@ -8,7 +8,6 @@ with the flash untouched and the host held off.
 from __future__ import annotations
 
 import asyncio
-import random
 import shutil
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
@@ -19,22 +18,15 @@ import pytest
 from aiohttp import web
 
 from fwrescue.agent import Agent
-from fwrescue.config import NetworkSettings, TimerSettings
+from fwrescue.config import TimerSettings
 from fwrescue.host.base import PowerState
 from fwrescue.host.virtual import VirtualHost
-from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node
+from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node, isolated_network
 
 IMAGE = 256 * 1024
 TIMEOUT = 60.0
 FAST = TimerSettings(startup_jitter=0.05, offer_window=0.2, accept_timeout=1.0,
                      backoff_initial=0.5, backoff_max=2.0, max_solicits=2)
-
-
-def isolated_network() -> NetworkSettings:
-    """A multicast group and port of this test's own (RFC 2365 organization-local scope)."""
-    rng = random.Random()
-    return NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
-                           port=rng.randint(20000, 60000))
 
 
 class PackageSite:

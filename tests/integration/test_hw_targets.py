@@ -15,27 +15,19 @@ from fwrescue.agent import Agent
 from fwrescue.config import (
     FlashSettings,
     HostSettings,
-    NetworkSettings,
     TargetConfig,
     TimerSettings,
 )
 from fwrescue.console.donor import ConsoleDonor
 from fwrescue.host.virtual import VirtualHost
 from fwrescue.image.package import build_package
-from fwrescue.sim.fleet import build_fleet, corrupt_node
+from fwrescue.sim.fleet import build_fleet, corrupt_node, isolated_network
 
 BIOS = 512 * 1024
 CPLD = 128 * 1024
 TIMEOUT = 60.0
 FAST = TimerSettings(startup_jitter=0.05, offer_window=0.2, accept_timeout=1.0,
                      backoff_initial=0.5, backoff_max=2.0)
-
-
-def isolated_network() -> NetworkSettings:
-    """A multicast group and port of this test's own (RFC 2365 organization-local scope)."""
-    rng = random.Random()
-    return NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
-                           port=rng.randint(20000, 60000))
 
 
 async def test_two_targets_on_one_agent_recover_independently(tmp_path: Path) -> None:

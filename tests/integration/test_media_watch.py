@@ -5,20 +5,17 @@ nothing."""
 from __future__ import annotations
 
 import asyncio
-import random
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from fwrescue.agent import Agent
-from fwrescue.config import NetworkSettings, TimerSettings
-from fwrescue.sim.fleet import build_fleet, corrupt_node
+from fwrescue.config import TimerSettings
+from fwrescue.sim.fleet import build_fleet, corrupt_node, isolated_network
 
 
 async def test_package_copied_onto_watched_usb_media_triggers_recovery(tmp_path: Path) -> None:
-    rng = random.Random()
-    network = NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
-                              port=rng.randint(20000, 60000))
+    network = isolated_network()
     plan = build_fleet(tmp_path / "fleet", nodes=1, boards=1, image_size=128 * 1024,
                        network=network, timers=TimerSettings(startup_jitter=0.05))
     node = plan.nodes[0]

@@ -29,10 +29,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from fwrescue.agent import Agent
-from fwrescue.config import NetworkSettings, RedfishSettings, TimerSettings
+from fwrescue.config import RedfishSettings, TimerSettings
 from fwrescue.console.donor import ConsoleDonor
 from fwrescue.image.package import build_package, open_package, write_package
-from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node
+from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node, isolated_network
 from fwrescue.trust.keys import SigningKey, generate_keypair
 from fwrescue.trust.manifest import SignedManifest
 
@@ -87,13 +87,6 @@ async def run(*argv: str, cwd: Path | None = None, timeout: float = 240) -> tupl
         await proc.wait()
         raise
     return proc.returncode or 0, out.decode(errors="replace")
-
-
-def isolated_network() -> NetworkSettings:
-    """A multicast group and port of this module's own (RFC 2365 organization-local scope)."""
-    rng = random.Random()
-    return NetworkSettings(group=f"239.253.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
-                           port=rng.randint(32001, 44000))
 
 
 # --- the fleet and its agents ------------------------------------------------------------------

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from fwrescue.agent import Agent
-from fwrescue.config import NetworkSettings, RedfishSettings, TimerSettings
+from fwrescue.config import RedfishSettings, TimerSettings
 from fwrescue.console.donor import ConsoleDonor
 from fwrescue.lifecycle import wait_for_termination
 from fwrescue.recovery.ports import OperationEvent, OperationState
 from fwrescue.sim.display import FleetDisplay, NodeRow
-from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node
+from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node, isolated_network
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -44,12 +44,6 @@ class DemoOptions:
     live: bool = True
     redfish: bool = False
     seed: int | None = None
-
-
-def _isolated_network(rng: random.Random) -> NetworkSettings:
-    """A multicast group and port of this run's own (RFC 2365 organization-local scope)."""
-    return NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
-                           port=rng.randint(20000, 60000))
 
 
 def _corrupted_indices(nodes: int, corrupt: int, boards: int = 1) -> list[int]:
@@ -82,7 +76,7 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     plan = build_fleet(
         options.workdir.resolve(), nodes=options.nodes, boards=options.boards,
         image_size=options.image_size, base_image=base, chip_size=chip,
-        flash_kind=options.flash, host_kind=options.host, network=_isolated_network(rng),
+        flash_kind=options.flash, host_kind=options.host, network=isolated_network(rng),
         timers=TimerSettings(startup_jitter=0.3, offer_window=0.3, accept_timeout=1.0),
         policy=options.policy, seed=rng.randint(1, 10**6),
         redfish=RedfishSettings(enabled=True, tls=False, users=(

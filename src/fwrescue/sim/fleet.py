@@ -34,7 +34,8 @@ from fwrescue.trust.manifest import SignedManifest
 from fwrescue.trust.rollback import RollbackStore
 from fwrescue.trust.verifier import Verifier
 
-__all__ = ["FleetPlan", "NodeSpec", "Release", "build_fleet", "corrupt_node"]
+__all__ = ["FleetPlan", "NodeSpec", "Release", "build_fleet", "corrupt_node",
+           "isolated_network"]
 
 #: written into a fleet's root: only folders holding it are ever deleted by a new run
 FLEET_MARKER = ".fwrescue-fleet"
@@ -79,6 +80,14 @@ class FleetPlan:
 
     def newest(self, board: str) -> Release:
         return self.releases[board][-1]
+
+
+def isolated_network(rng: random.Random | None = None) -> NetworkSettings:
+    """A multicast group and port of this run's own, so demos, tests and benches can run
+    side by side on one machine (RFC 2365 organization-local scope 239.255/16)."""
+    rng = rng or random.Random()
+    return NetworkSettings(group=f"239.255.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
+                           port=rng.randint(20000, 60000))
 
 
 def _firmware_bytes(size: int, seed: int, base: bytes | None) -> bytes:
