@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import logging
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,7 @@ from fwrescue import __version__
 from fwrescue.errors import CompatibilityError, ConfigError, HostError, PackageError
 from fwrescue.host.base import PowerState
 from fwrescue.image.package import open_package, stage_package
+from fwrescue.recovery.ports import Located
 from fwrescue.recovery.ports import OperationEvent as EngineEvent
 from fwrescue.recovery.ports import OperationState as EngineState
 from fwrescue.redfish.backend import (
@@ -33,6 +36,7 @@ from fwrescue.redfish.backend import (
     Unsubscribe,
 )
 from fwrescue.redfish.tasks import TASKS_URI
+from fwrescue.trust.rollback import atomic_write
 
 if TYPE_CHECKING:
     from fwrescue.agent import Agent
@@ -40,6 +44,9 @@ if TYPE_CHECKING:
 __all__ = ["AgentBackend", "AlreadyInstalled"]
 
 log = logging.getLogger(__name__)
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_MAX_PENDING_BYTES = 64 * 1024
 
 
 class AlreadyInstalled(CompatibilityError):
@@ -85,7 +92,29 @@ class AgentBackend:
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._pending: dict[str, Any] = {}  # target -> Located, applied at the next reset
+        # target -> manifest digest of a verified image in the store, applied at the next
+        # reset; persisted so a restart does not forget what a Task promised
+        self._pending_path = agent.config.state_dir / "pending-updates.json"
+        self._pending: dict[str, str] = self._load_pending()
+
+    def _load_pending(self) -> dict[str, str]:
+        try:
+            raw = self._pending_path.read_bytes()[:_MAX_PENDING_BYTES + 1]
+            data = json.loads(raw)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.error("pending updates unreadable, ignored: %s", e)
+            return {}
+        if len(raw) > _MAX_PENDING_BYTES or not isinstance(data, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and _DIGEST.match(v)
+                for k, v in data.items()):
+            log.error("pending updates malformed, ignored")
+            return {}
+        return data
+
+    def _save_pending(self) -> None:
+        atomic_write(self._pending_path, json.dumps(self._pending, sort_keys=True).encode())
 
     async def close(self) -> None:
         """Cancel and await updates this service started (the agent is stopping)."""
@@ -124,9 +153,11 @@ class AgentBackend:
         if kind in ("ForceOff", "GracefulShutdown", "ForceRestart", "PowerCycle"):
             await host.power_off()
         if kind in ("On", "ForceRestart", "PowerCycle"):
-            pending = self._pending.pop(runtime.config.name, None)
-            if pending is not None:  # OnReset apply time: install before running the host
-                result = await engine.apply(pending, reason="update applied at reset")
+            digest = self._pending.pop(runtime.config.name, None)
+            if digest is not None:  # OnReset apply time: install before running the host
+                self._save_pending()
+                located = self._pending_image(runtime.config.name, digest)
+                result = await engine.apply(located, reason="update applied at reset")
                 if not result.ok:  # the Task shows why; the reset must not look successful
                     raise HostError("the update staged for this reset failed; the host is "
                                     "held", op_id=result.op_id, reason=result.reason)
@@ -195,16 +226,28 @@ class AgentBackend:
                                    "reinstall it", version=installed.manifest.version)
         op_id = engine.new_op_id("update")
         if apply_time == "OnReset":
-            replaced = self._pending.get(target)
-            if replaced is not None and replaced.image != located.image:
-                replaced.image.unlink(missing_ok=True)  # the newer request supersedes it
-            self._pending[target] = located
+            # Into the store (verified again on the way) so it survives a restart; a newer
+            # request for the same target supersedes an older one.
+            await asyncio.to_thread(self._agent.store.put, located.verified, located.image)
+            self._pending[target] = located.verified.digest
+            self._save_pending()
             self._emit_pending(op_id, target, located.verified.manifest.version)
             return op_id
         task = asyncio.create_task(engine.apply(located, op_id=op_id))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return op_id
+
+    def _pending_image(self, target: str, digest: str) -> Located:
+        """The stored image a pending update named; every manifest check runs again (the
+        floor may have risen since it was staged), and the engine re-hashes the bytes."""
+        stored = self._agent.store.get(digest)
+        if stored is None:
+            raise HostError("the update staged for this reset is no longer stored",
+                            digest=digest)
+        verified = self._agent.verifier.verify_signed(
+            stored.signed, target=target, machine_name=self._agent.config.machine_name)
+        return Located(verified=verified, image=Path(stored.image_path), origin="operator")
 
     @staticmethod
     def _package_target(package: Path) -> str:
