@@ -14,10 +14,7 @@ import base64
 import contextlib
 import dataclasses
 import json
-import os
 import random
-import shutil
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,6 +32,7 @@ from fwrescue.image.package import build_package, open_package, write_package
 from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node, isolated_network
 from fwrescue.trust.keys import SigningKey, generate_keypair
 from fwrescue.trust.manifest import SignedManifest
+from tests.fakes.tools import csdl_dir, tool
 
 pytestmark = pytest.mark.slow
 
@@ -55,25 +53,6 @@ CORRUPTED = (VALIDATED, SSE, CLI)
 
 # --- tools --------------------------------------------------------------------------------------
 
-BIN = Path(sys.executable).parent
-# CI clones the repository with shared/ beside it, as in the workplace.
-CSDL = Path(__file__).resolve().parents[3] / "shared" / "redfish" / "csdl"
-
-
-def tool(name: str) -> str:
-    """An installed command: beside this interpreter (the venv), else on PATH."""
-    path = BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    assert found, f"{name} is not installed (pip install the test extra)"
-    return found
-
-
-def csdl_dir() -> Path:
-    """The DMTF CSDL folder: the shared copy, or $FWRESCUE_CSDL_DIR."""
-    env = os.environ.get("FWRESCUE_CSDL_DIR")
-    return Path(env) if env else CSDL
 
 
 async def run(*argv: str, cwd: Path | None = None, timeout: float = 240) -> tuple[int, str]:

@@ -11,8 +11,6 @@ import asyncio
 import csv
 import io
 import os
-import shutil
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,40 +19,19 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-_ROOT = Path(__file__).resolve().parents[2]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from fwrescue.redfish import (  # noqa: E402
+from fwrescue.redfish import (
     AccountSpec,
     RedfishSettings,
     create_redfish_app,
     start_redfish_server,
 )
-from fwrescue.rfcli import EXIT_AUTH, EXIT_CONNECT, EXIT_FAILED, EXIT_USAGE, _run  # noqa: E402
-from tests.fakes.redfish_backend import FakeBackend, make_package  # noqa: E402
+from fwrescue.rfcli import EXIT_AUTH, EXIT_CONNECT, EXIT_FAILED, EXIT_USAGE, _run
+from tests.fakes.redfish_backend import FakeBackend, make_package
+from tests.fakes.tools import csdl_dir, tool
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
-# CI clones the repository with shared/ beside it, as in the workplace.
-CSDL = Path(__file__).resolve().parents[3] / "shared" / "redfish" / "csdl"
 USER, PASSWORD = "admin", "admin-password-1"
-
-
-def tool(name: str) -> str:
-    path = BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    assert found, f"{name} is not installed (pip install the test extra)"
-    return found
-
-
-def csdl_dir() -> Path:
-    """The DMTF CSDL folder: the shared copy, or $FWRESCUE_CSDL_DIR."""
-    env = os.environ.get("FWRESCUE_CSDL_DIR")
-    return Path(env) if env else CSDL
 
 
 class Service:

@@ -77,6 +77,14 @@ class Node:
             events=self.events.append)
 
 
+def store_copy(tmp_path: Path, signer: Signer, fw: Firmware) -> None:
+    """Put a verified copy of ``fw`` into the node's package store (BMC storage)."""
+    PackageStore(tmp_path / "store").put(
+        signer.verifier(tmp_path).verify_signed(fw.signed, target="bios",
+                                                machine_name="board-a"),
+        fw.write_image(tmp_path / "fw.bin"), move=False)
+
+
 @pytest.fixture
 def signer(tmp_path: Path) -> Signer:
     return Signer(tmp_path / "keys")
@@ -101,10 +109,7 @@ async def test_healthy_flash_at_start_runs_nothing(tmp_path: Path, signer: Signe
     fw = signer.firmware(size=REGION)
     node.firmware.append(fw)
     node.flash.data[:REGION] = fw.image
-    PackageStore(tmp_path / "store").put(
-        signer.verifier(tmp_path).verify_signed(fw.signed, target="bios",
-                                                machine_name="board-a"),
-        fw.write_image(tmp_path / "fw.bin"), move=False)
+    store_copy(tmp_path, signer, fw)
     engine = node.engine()
     assert await engine.startup() is None
     assert node.flash.writes == 0
@@ -213,10 +218,7 @@ async def test_boot_watchdog_recovers_a_host_that_never_boots_on_verified_flash(
     fw = signer.firmware(size=REGION)
     node.firmware.append(fw)
     node.flash.data[:REGION] = fw.image
-    PackageStore(tmp_path / "store").put(
-        signer.verifier(tmp_path).verify_signed(fw.signed, target="bios",
-                                                machine_name="board-a"),
-        fw.write_image(tmp_path / "fw.bin"), move=False)
+    store_copy(tmp_path, signer, fw)
     node.host = StubbornHost(node.flash_is_genuine, failures=2)
     engine = node.engine()
     assert await engine.guarded_power_on()
@@ -321,10 +323,7 @@ async def test_a_verified_copy_in_the_agents_own_store_is_used_first(
     node = Node(tmp_path, signer)
     fw = signer.firmware(size=REGION)
     node.genuine.append(fw)
-    PackageStore(tmp_path / "store").put(
-        signer.verifier(tmp_path).verify_signed(fw.signed, target="bios",
-                                                machine_name="board-a"),
-        fw.write_image(tmp_path / "fw.bin"), move=False)
+    store_copy(tmp_path, signer, fw)
     engine = node.engine()
     result = await engine.recover("operator request")
     assert result.ok and result.origin == "bmc-store"
