@@ -30,7 +30,8 @@ def build_flash(settings: FlashSettings, *, workdir: Path) -> Flash:
     """A region-level Flash for ``settings``; ConfigError when the chip cannot be opened."""
     workdir.mkdir(parents=True, exist_ok=True)
     if settings.kind == "flashrom":
-        assert settings.programmer is not None  # checked by config
+        if not settings.programmer:
+            raise ConfigError("a flashrom flash needs flash.programmer")
         chip_name, chip_size = _dummy_chip(settings.programmer)
         region = None
         if settings.region_offset or settings.region_size:
@@ -40,8 +41,7 @@ def build_flash(settings: FlashSettings, *, workdir: Path) -> Flash:
             region = (settings.region_offset, size)
         return FlashromFlash(settings.programmer, region=region, chip=chip_name,
                              chip_size=chip_size, workdir=workdir)
-    assert settings.path is not None
-    if not settings.path.exists():
+    if settings.path is None or not settings.path.exists():
         raise ConfigError("flash file does not exist", path=str(settings.path))
     size = settings.chip_size or settings.path.stat().st_size
     erase_sizes = tuple(e for e in (4096, 32768, 65536) if size % e == 0)

@@ -61,16 +61,11 @@ def test_good_config_resolves_paths_and_sections(tmp_path: Path) -> None:
     (("port = 17777", "prot = 1"), "unknown keys"),
     (('name = "cpld"', 'name = "bios"'), "unique"),
     (('machine_name = "board-a"', 'machine_name = "../etc"'), "machine_name"),
-    (('kind = "usb"', 'kind = "usb"'), None),
     (('flash_mode = "dc-on"', 'flash_mode = "sideways"'), "flash_mode"),
     (('boot_timeout = 5', 'boot_timeout = "soon"'), "wrong type"),
 ])
-def test_bad_values_name_the_key(tmp_path: Path, edit: tuple[str, str],
-                                 message: str | None) -> None:
+def test_bad_values_name_the_key(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     text = GOOD.replace(*edit)
-    if message is None:
-        load_config(write(tmp_path, text))
-        return
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text))
 

@@ -72,7 +72,7 @@ class VirtualHost:
     async def power_on(self) -> None:
         """Power on and run the firmware; from RESET_HELD this is a release; ON: no-op."""
         if self._state is not PowerState.ON:
-            self._run()
+            await self._run()
 
     async def power_off(self) -> None:
         """Force power off; idempotent."""
@@ -87,7 +87,7 @@ class VirtualHost:
     async def release_reset(self) -> None:
         """Leave reset and run the firmware; no-op when ON or OFF."""
         if self._state is PowerState.RESET_HELD:
-            self._run()
+            await self._run()
 
     async def wait_boot(self, timeout: float) -> BootResult:
         """Wait up to ``timeout`` s for boot success of the current run; never raises.
@@ -130,8 +130,9 @@ class VirtualHost:
 
     # --- internals -----------------------------------------------------------------
 
-    def _run(self) -> None:
-        good = bool(self._firmware_ok())
+    async def _run(self) -> None:
+        # The check reads and hashes the flash: a worker thread keeps the event loop free.
+        good = bool(await asyncio.to_thread(self._firmware_ok))
         self.runs.append(good)
         self._run_good = good
         self._run_started = asyncio.get_running_loop().time()

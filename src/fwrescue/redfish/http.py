@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -31,8 +31,10 @@ __all__ = [
     "apply_patch",
     "current_principal",
     "etag_of",
+    "found",
     "json_response",
     "make_middlewares",
+    "not_found",
     "read_json",
     "require",
 ]
@@ -40,6 +42,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+
+
+def not_found(request: web.Request) -> RequestError:
+    """404 ResourceMissingAtURI for this request's path (bounded in the message)."""
+    return RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
+
+
+def found(value: T | None, request: web.Request) -> T:
+    """``value``, or raise :func:`not_found` when the lookup found nothing."""
+    if value is None:
+        raise not_found(request)
+    return value
 
 #: paths readable without credentials (DSP0266 "Authentication requirements")
 _PUBLIC_GET = frozenset(
@@ -231,8 +246,7 @@ def make_middlewares(svc: Service) -> list[Any]:
             err = RequestError(405, "Base.1.22.OperationNotAllowed", headers={"Allow": allow})
             resp = json_response(error_body(svc.registries, err), 405, err.headers)
         except web.HTTPNotFound:
-            err = RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
-            resp = json_response(error_body(svc.registries, err), 404)
+            resp = json_response(error_body(svc.registries, not_found(request)), 404)
         except web.HTTPRequestEntityTooLarge:
             err = RequestError(413, "Base.1.22.PayloadTooLarge")
             resp = json_response(error_body(svc.registries, err), 413)

@@ -12,7 +12,9 @@ from fwrescue.redfish.http import (
     SERVICE,
     apply_patch,
     current_principal,
+    found,
     json_response,
+    not_found,
     read_json,
     require,
 )
@@ -114,10 +116,7 @@ def add_auth_routes(app: web.Application) -> None:
         )
 
     def session_or_404(request: web.Request) -> Session:
-        s = auth.session(request.match_info["id"], svc.clock())
-        if s is None:
-            raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
-        return s
+        return found(auth.session(request.match_info["id"], svc.clock()), request)
 
     async def get_session(request: web.Request) -> web.Response:
         s = session_or_404(request)
@@ -178,10 +177,7 @@ def add_auth_routes(app: web.Application) -> None:
         return json_response(_account_json(account), 201, {"Location": uri})
 
     def account_or_404(request: web.Request) -> Account:
-        a = auth.account(request.match_info["id"])
-        if a is None:
-            raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
-        return a
+        return found(auth.account(request.match_info["id"]), request)
 
     async def get_account(request: web.Request) -> web.Response:
         a = account_or_404(request)
@@ -240,7 +236,7 @@ def add_auth_routes(app: web.Application) -> None:
     async def role(request: web.Request) -> web.Response:
         rid = request.match_info["id"]
         if rid not in ROLES:
-            raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
+            raise not_found(request)
         return json_response(
             {
                 "@odata.id": f"{AS}/Roles/{rid}",

@@ -10,7 +10,7 @@ from fwrescue import __version__
 from fwrescue.errors import FwRescueError
 from fwrescue.host.base import PowerState
 from fwrescue.redfish.backend import RESET_TYPES
-from fwrescue.redfish.http import SERVICE, apply_patch, json_response, read_json, require
+from fwrescue.redfish.http import SERVICE, apply_patch, json_response, not_found, read_json, require
 from fwrescue.redfish.messages import RequestError
 
 __all__ = ["METADATA_REFERENCES", "add_core_routes", "collection", "metadata_xml"]
@@ -166,7 +166,7 @@ def add_core_routes(app: web.Application) -> None:
     def system_id_or_404(request: web.Request) -> str:
         ident = svc.backend.identity()
         if request.match_info["sid"] != ident.system_id:
-            raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
+            raise not_found(request)
         return ident.system_id
 
     async def systems(_: web.Request) -> web.Response:
@@ -272,7 +272,7 @@ def add_core_routes(app: web.Application) -> None:
     async def manager(request: web.Request) -> web.Response:
         ident = svc.backend.identity()
         if request.match_info["mid"] != ident.manager_id:
-            raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
+            raise not_found(request)
         return json_response(
             {
                 "@odata.id": f"{V1}/Managers/{ident.manager_id}",
@@ -301,7 +301,7 @@ def add_core_routes(app: web.Application) -> None:
     async def chassis(request: web.Request) -> web.Response:
         ident = svc.backend.identity()
         if request.match_info["cid"] != ident.chassis_id:
-            raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
+            raise not_found(request)
         return json_response(
             {
                 "@odata.id": f"{V1}/Chassis/{ident.chassis_id}",
@@ -336,7 +336,7 @@ def add_core_routes(app: web.Application) -> None:
     def prefix_or_404(request: web.Request) -> str:
         prefix = request.match_info["prefix"]
         if prefix not in reg.prefixes:
-            raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
+            raise not_found(request)
         return prefix
 
     async def registry_file(request: web.Request) -> web.Response:
@@ -363,7 +363,7 @@ def add_core_routes(app: web.Application) -> None:
     async def registry_json(request: web.Request) -> web.Response:
         prefix = prefix_or_404(request)
         if request.match_info["file"] != reg.file_name(prefix):
-            raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
+            raise not_found(request)
         return web.Response(body=reg.raw(prefix), content_type="application/json")
 
     r = app.router

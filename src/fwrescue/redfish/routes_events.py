@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from fwrescue.redfish.events import SUBSCRIPTIONS_URI, Subscription
-from fwrescue.redfish.http import SERVICE, apply_patch, json_response, read_json, require
+from fwrescue.redfish.http import SERVICE, apply_patch, found, json_response, read_json, require
 from fwrescue.redfish.messages import RequestError
 from fwrescue.redfish.routes_core import collection
 
@@ -89,10 +89,7 @@ def add_event_routes(app: web.Application) -> None:
         return json_response(_sub_json(sub), 201, {"Location": sub.uri})
 
     def sub_or_404(request: web.Request) -> Subscription:
-        sub = hub.subscription(request.match_info["id"])
-        if sub is None:
-            raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
-        return sub
+        return found(hub.subscription(request.match_info["id"]), request)
 
     async def get_sub(request: web.Request) -> web.Response:
         return json_response(_sub_json(sub_or_404(request)))

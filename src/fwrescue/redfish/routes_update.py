@@ -17,7 +17,15 @@ from aiohttp import web
 
 from fwrescue.errors import FwRescueError
 from fwrescue.redfish.backend import ImageInfo, TargetInfo
-from fwrescue.redfish.http import SERVICE, Service, json_response, read_json, require
+from fwrescue.redfish.http import (
+    SERVICE,
+    Service,
+    found,
+    json_response,
+    not_found,
+    read_json,
+    require,
+)
 from fwrescue.redfish.messages import RequestError, error_body
 from fwrescue.redfish.routes_core import collection
 from fwrescue.redfish.tasks import MONITORS_URI, TASKS_URI, task_json
@@ -153,7 +161,7 @@ def add_update_routes(app: web.Application) -> None:
         for t in svc.backend.targets():
             if t.name == name:
                 return json_response(_firmware_json(t))
-        raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
+        raise not_found(request)
 
     async def software(_: web.Request) -> web.Response:
         members = [f"{US}/SoftwareInventory/{_image_id(i)}" for i in svc.backend.donatable()]
@@ -171,7 +179,7 @@ def add_update_routes(app: web.Application) -> None:
         for i in svc.backend.donatable():
             if _image_id(i) == sid:
                 return json_response(_software_json(i))
-        raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
+        raise not_found(request)
 
     async def simple_update(request: web.Request) -> web.Response:
         require(request, "ConfigureComponents")
@@ -232,10 +240,7 @@ def add_update_routes(app: web.Application) -> None:
         )
 
     def task_or_404(request: web.Request) -> Any:
-        task = svc.tasks.get(request.match_info["id"])
-        if task is None:
-            raise RequestError(404, "Base.1.22.ResourceMissingAtURI", request.path[:256])
-        return task
+        return found(svc.tasks.get(request.match_info["id"]), request)
 
     async def task(request: web.Request) -> web.Response:
         return json_response(task_json(task_or_404(request)))

@@ -135,7 +135,7 @@ async def test_power_loss_mid_flash_resumes_from_the_stored_image_after_restart(
     assert node.host.runs == [True]
 
 
-async def test_no_source_leaves_the_host_held_and_reports_why(tmp_path: Path,
+async def test_no_usable_source_reports_why_and_touches_neither_flash_nor_host(tmp_path: Path,
                                                               signer: Signer) -> None:
     node = Node(tmp_path, signer)
     other_board = signer.firmware(machines=("board-b",))
@@ -190,7 +190,7 @@ async def test_rolled_back_package_is_never_flashed(tmp_path: Path, signer: Sign
     newer = signer.firmware(security_version=5)
     verifier.commit_flashed(verifier.verify_signed(newer.signed, target="bios",
                                                    machine_name="board-a"))
-    node.firmware.append(signer.firmware(security_version=3))
+    node.firmware.append(signer.firmware(size=REGION, security_version=3))
     result = await node.engine().recover("operator request")
     assert not result.ok and node.flash.writes == 0
 
