@@ -145,6 +145,10 @@ async def test_donor_killed_at_half_a_transfer_resumes_elsewhere_fetching_at_mos
     assert done[0]["refetched_chunks"] <= 2
     assert done[0]["bytes"] <= IMAGE - verified * CHUNK + 2 * CHUNK
     assert failed[0]["bytes"] + done[0]["bytes"] <= IMAGE + 2 * CHUNK
+    moved = failed[0]["bytes"] + done[0]["bytes"]
+    print(f"donor killed at {verified}/{total} chunks; bytes {failed[0]['bytes']} + "
+          f"{done[0]['bytes']} = image + {moved - IMAGE}; chunks fetched twice: "
+          f"{done[0]['refetched_chunks']}")
 
 
 # --- 4. the agent dies half-way through the flash write --------------------------------------
