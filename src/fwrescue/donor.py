@@ -22,15 +22,12 @@ from fwrescue.protocol.events import Event, OfferSent, ReservationEnded, Reserva
 from fwrescue.protocol.messages import DonorKind
 from fwrescue.transfer.server import TransferServer, TransferServerSettings
 from fwrescue.transfer.tokens import TokenRegistry
-from fwrescue.transport.udp import MulticastConfig, SessionDriver, UdpMulticastLink
+from fwrescue.transport.link import open_link
+from fwrescue.transport.udp import SessionDriver
 
-__all__ = ["DonorService", "DonorStats", "codec_for", "multicast_config"]
+__all__ = ["DonorService", "DonorStats", "codec_for"]
 
 log = logging.getLogger(__name__)
-
-
-def multicast_config(network: NetworkSettings) -> MulticastConfig:
-    return MulticastConfig(group=network.group, port=network.port, interface=network.interface)
 
 
 def codec_for(network: NetworkSettings) -> Codec:
@@ -89,8 +86,8 @@ class DonorService:
                                console_extra_delay=self._settings.console_offer_delay_s,
                                suppress_after=self._settings.suppress_after),
             codec=codec_for(self._network), rng=self._rng)
-        self._driver = SessionDriver(self.responder, UdpMulticastLink(
-            multicast_config(self._network)), on_event=self._on_event)
+        self._driver = SessionDriver(self.responder, open_link(self._network),
+                                     on_event=self._on_event)
         await self._driver.start()
 
     async def stop(self) -> None:

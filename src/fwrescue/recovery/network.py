@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from fwrescue.config import NetworkSettings, TimerSettings
-from fwrescue.donor import codec_for, multicast_config
+from fwrescue.donor import codec_for
 from fwrescue.errors import FwRescueError, RecoveryFailed, TransferError, TrustError
 from fwrescue.protocol.events import DonorAcked, Event, GaveUp
 from fwrescue.protocol.policy import Policy
@@ -39,7 +39,8 @@ from fwrescue.protocol.recipient import RecipientIdentity, RecipientSession, Rec
 from fwrescue.recovery.ports import FetchRequest, Located, TranscriptLog
 from fwrescue.transfer.client import FetchStats, ImageFetcher, TransferLimits
 from fwrescue.transfer.staging import StagingArea
-from fwrescue.transport.udp import SessionDriver, UdpMulticastLink
+from fwrescue.transport.link import Link, open_link
+from fwrescue.transport.udp import SessionDriver
 from fwrescue.trust.verifier import Verifier
 
 __all__ = ["NetworkRecovery"]
@@ -98,7 +99,7 @@ class NetworkRecovery:
                 min_security_version=request.min_security_version, topology=self._topology),
             timers=self._timers, policy=self._policy, codec=codec_for(self._network),
             rng=self._rng, pinned_version=self._pinned)
-        link = UdpMulticastLink(multicast_config(self._network))
+        link = open_link(self._network)
         try:
             async with asyncio.timeout(self._deadline_s):
                 return await self._negotiate(session, link, request, log_event, progress)
@@ -106,7 +107,7 @@ class NetworkRecovery:
             raise RecoveryFailed("no verified image within the fetch deadline",
                                  deadline_s=self._deadline_s) from e
 
-    async def _negotiate(self, session: RecipientSession, link: UdpMulticastLink,
+    async def _negotiate(self, session: RecipientSession, link: Link,
                          request: FetchRequest, log_event: TranscriptLog,
                          progress: Callable[[int, int], None]) -> Located:
         async with aiohttp.ClientSession() as http, SessionDriver(session, link) as driver:

@@ -32,10 +32,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
+from typing import TYPE_CHECKING
 
 from fwrescue.errors import ConfigError, TransferError
 from fwrescue.protocol.events import Event
 from fwrescue.protocol.session import GROUP, Address, DatagramSession, Destination
+
+if TYPE_CHECKING:
+    from fwrescue.transport.link import Link
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -169,7 +173,7 @@ class SessionDriver:
     Call session API methods through :meth:`act` so their datagrams are sent at once.
     """
 
-    def __init__(self, session: DatagramSession, link: UdpMulticastLink, *,
+    def __init__(self, session: DatagramSession, link: Link, *,
                  on_event: Callable[[Event], Awaitable[None]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.session = session
