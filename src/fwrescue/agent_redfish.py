@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fwrescue import __version__
+from fwrescue.atomicfile import atomic_write
 from fwrescue.errors import CompatibilityError, ConfigError, HostError, PackageError
 from fwrescue.host.base import PowerState
 from fwrescue.image.package import open_package, stage_package
@@ -36,7 +37,6 @@ from fwrescue.redfish.backend import (
     Unsubscribe,
 )
 from fwrescue.redfish.tasks import TASKS_URI
-from fwrescue.trust.rollback import atomic_write
 
 if TYPE_CHECKING:
     from fwrescue.agent import Agent

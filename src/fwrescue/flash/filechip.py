@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from fwrescue.atomicfile import atomic_replace
 from fwrescue.errors import FlashError
 from fwrescue.flash._bounds import check_erase, check_span
 from fwrescue.flash.device import FlashGeometry
@@ -178,11 +179,9 @@ class FileChip(_NorArray):
 
 def _create_erased(path: Path, size: int) -> None:
     block = b"\xff" * min(size, 1 << 20)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_replace(path) as f:
         left = size
         while left > 0:
             n = min(left, len(block))
             f.write(block[:n])
             left -= n
-    os.replace(tmp, path)

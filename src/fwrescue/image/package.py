@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from fwrescue.atomicfile import atomic_replace, commit_file
 from fwrescue.errors import ConfigError, PackageError, SizeLimitExceeded
 from fwrescue.trust.keys import SigningKey
 from fwrescue.trust.manifest import MAX_IMAGE_SIZE, MAX_MANIFEST_BYTES, Manifest, SignedManifest
@@ -92,14 +93,6 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="ascii", errors="strict")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_package(out: Path, manifest_raw: bytes, image: Path, *,
                   expected_sha256: str | None = None) -> None:
     """Write ``manifest_raw`` and the file ``image`` as a package at ``out``, atomically.
@@ -111,36 +104,26 @@ def write_package(out: Path, manifest_raw: bytes, image: Path, *,
     Raises OSError when the image cannot be read or ``out`` cannot be written.
     """
     size = image.stat().st_size
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_header(MANIFEST_MEMBER, len(manifest_raw)))
-            f.write(manifest_raw)
-            f.write(b"\0" * (_padded(len(manifest_raw)) - len(manifest_raw)))
-            f.write(_header(IMAGE_MEMBER, size))
-            digest = hashlib.sha256()
-            copied = 0
-            with open(image, "rb") as src:
-                while copied < size:
-                    block = src.read(min(_COPY_BLOCK, size - copied))
-                    if not block:
-                        raise PackageError("image shrank while packaging", path=str(image))
-                    digest.update(block)
-                    f.write(block)
-                    copied += len(block)
-                if src.read(1):
-                    raise PackageError("image grew while packaging", path=str(image))
-            if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
-                raise PackageError("image changed while packaging", path=str(image))
-            f.write(b"\0" * (_padded(size) - size + 2 * _BLOCK))  # padding + end of archive
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        _fsync_dir(out.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_replace(out) as f:
+        f.write(_header(MANIFEST_MEMBER, len(manifest_raw)))
+        f.write(manifest_raw)
+        f.write(b"\0" * (_padded(len(manifest_raw)) - len(manifest_raw)))
+        f.write(_header(IMAGE_MEMBER, size))
+        digest = hashlib.sha256()
+        copied = 0
+        with open(image, "rb") as src:
+            while copied < size:
+                block = src.read(min(_COPY_BLOCK, size - copied))
+                if not block:
+                    raise PackageError("image shrank while packaging", path=str(image))
+                digest.update(block)
+                f.write(block)
+                copied += len(block)
+            if src.read(1):
+                raise PackageError("image grew while packaging", path=str(image))
+        if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+            raise PackageError("image changed while packaging", path=str(image))
+        f.write(b"\0" * (_padded(size) - size + 2 * _BLOCK))  # padding + end of archive
 
 
 def _hash_image(image: Path, chunk_size: int, max_image_size: int) -> tuple[int, str, list[str]]:
@@ -411,8 +394,7 @@ def stage_package(
     try:
         extract_verified(reader, verified, tmp)
         final = staging_dir / f"{verified.manifest.sha256}.bin"
-        os.replace(tmp, final)
-        _fsync_dir(staging_dir)
+        commit_file(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -29,6 +29,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from fwrescue.atomicfile import atomic_write, commit_file
 from fwrescue.errors import (
     ChunkMismatch,
     FwRescueError,
@@ -69,14 +70,6 @@ class StoredImage:
     @property
     def digest(self) -> str:
         return self.signed.digest
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _temp_in(directory: Path, stem: str) -> Path:
@@ -231,8 +224,7 @@ class PackageStore:
             # The bytes under the final name are the bytes checked here, whatever the
             # caller's file does afterwards.
             Verifier.verify_image_file(verified, tmp)
-            os.replace(tmp, final)
-            _fsync_dir(self._images)
+            commit_file(tmp, final)
             if move and not moved:
                 image.unlink(missing_ok=True)
         finally:
@@ -244,17 +236,7 @@ class PackageStore:
         final = self._manifests / f"{verified.digest}.json"
         if final.exists():
             return
-        tmp = _temp_in(self._manifests, verified.digest)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(verified.signed.raw)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            _fsync_dir(self._manifests)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        atomic_write(final, verified.signed.raw)
 
     def put(self, verified: VerifiedManifest, image: Path, *, move: bool = True) -> StoredImage:
         """Store a verified manifest and its staged image; idempotent for the same content.

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fwrescue.atomicfile import atomic_write
 from fwrescue.errors import JournalError
 from fwrescue.trust.manifest import MAX_MANIFEST_BYTES
-from fwrescue.trust.rollback import atomic_write
 
 __all__ = ["Journal", "JournalRecord", "Phase"]
 

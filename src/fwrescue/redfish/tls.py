@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import ssl
 from pathlib import Path
 
@@ -18,22 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fwrescue.atomicfile import atomic_write
 from fwrescue.errors import ConfigError
 
 __all__ = ["CERT_FILE", "KEY_FILE", "ensure_certificate", "server_ssl_context"]
 
 CERT_FILE = "redfish-cert.pem"
 KEY_FILE = "redfish-key.pem"
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def ensure_certificate(state_dir: Path, host: str) -> tuple[Path, Path]:
@@ -75,16 +65,10 @@ def ensure_certificate(state_dir: Path, host: str) -> tuple[Path, Path]:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    _write_atomic(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
-    )
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    atomic_write(key_path, key_pem, mode=0o600)
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
 
 

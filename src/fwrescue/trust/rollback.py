@@ -8,33 +8,13 @@ leaves either the old floor or the new one, never a torn file.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import threading
 from pathlib import Path
 
+from fwrescue.atomicfile import atomic_write
 from fwrescue.errors import JournalError
 
-__all__ = ["RollbackStore", "atomic_write"]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new bytes, never a mix."""
-    # A temp name of this writer's own: two writers of one file never share a temp file.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+__all__ = ["RollbackStore"]
 
 
 class RollbackStore:
