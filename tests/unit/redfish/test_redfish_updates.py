@@ -99,7 +99,9 @@ async def test_badly_signed_package_is_400_with_no_task_and_no_file_left(
     assert (await bios(client))["Version"] == "1.0.0"
 
 
-async def test_rollback_package_is_refused_even_with_force(client: Client, tmp_path: Path) -> None:
+async def test_backend_rollback_error_is_400_version_too_low_even_with_force(
+    client: Client, tmp_path: Path
+) -> None:
     pkg = make_package(tmp_path / "p.pkg", version="0.9.0", svn=0).read_bytes()
     resp = await client.post(PUSH, data=multipart({"ForceUpdate": True}, pkg), headers=auth())
     body = await resp.json()
@@ -108,7 +110,7 @@ async def test_rollback_package_is_refused_even_with_force(client: Client, tmp_p
     assert (await bios(client))["Version"] == "1.0.0"
 
 
-async def test_force_only_allows_reinstalling_the_same_version(
+async def test_force_update_parameter_reaches_the_backend(
     client: Client, tmp_path: Path
 ) -> None:
     pkg = make_package(tmp_path / "p.pkg", version="1.0.0", svn=1).read_bytes()
