@@ -1,0 +1,147 @@
+"""The negotiation over a real 3-node NATS cluster, at session level: the exchange
+completes across nodes, and forged, replayed, oversize and unaddressed messages published
+on the fleet's subjects change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from fwrescue.config import TransportSettings
+from fwrescue.protocol.codec import Codec
+from fwrescue.protocol.donor import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
+from fwrescue.protocol.events import DonorAcked, Event, ReservationGranted
+from fwrescue.protocol.messages import DonorKind, Solicit
+from fwrescue.protocol.policy import get_policy
+from fwrescue.protocol.recipient import RecipientIdentity, RecipientSession, RecipientTimers
+from fwrescue.protocol.states import RecipientState
+from fwrescue.sim.nats_cluster import NatsCluster
+from fwrescue.transport.nats import NatsLink, NatsOptions
+from fwrescue.transport.udp import SessionDriver
+from tests.nats_cluster import nats_cluster  # noqa: F401 - the fixture
+
+KEY = b"integration-fleet-key-0123456789"
+IMAGE = OfferableImage(manifest_digest="ab" * 32, image_sha256="cd" * 32, target="bios",
+                       machine_names=("board-a",), version="2.1.0", security_version=3,
+                       size=1 << 20)
+FAST = RecipientTimers(startup_jitter=0.05, offer_window=0.2, backoff_initial=0.5,
+                       backoff_max=2.0, max_solicits=6, accept_timeout=0.5)
+PREFIX, SITE = "fwrescue.v1", "lab"
+
+
+def _link(cluster: NatsCluster, server: int) -> NatsLink:
+    # Each endpoint starts on a different node, so every exchange crosses a cluster route.
+    urls = cluster.urls[server:] + cluster.urls[:server]
+    return NatsLink(NatsOptions.from_settings(TransportSettings(
+        kind="nats", nats_servers=tuple(urls[:1]), subject_prefix=PREFIX, site=SITE)))
+
+
+async def _first(queue: asyncio.Queue[Event], kind: type[Event], timeout: float) -> Event:
+    async def wait() -> Event:
+        while True:  # bounded by the timeout below
+            event = await queue.get()
+            if isinstance(event, kind):
+                return event
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+@pytest.mark.timeout(60)
+async def test_forged_replayed_oversize_and_unaddressed_nats_messages_change_nothing(
+        nats_cluster: NatsCluster) -> None:  # noqa: F811
+    donor = DonorResponder(
+        identity=DonorIdentity(donor_id="donor-a", kind=DonorKind.PEER,
+                               transfer_url="http://127.0.0.1:9001"),
+        catalog=lambda: [IMAGE], limits=DonorLimits(capacity=2, jitter=0.05),
+        codec=Codec(KEY), rng=random.Random(1))
+    recipient = RecipientSession(
+        identity=RecipientIdentity(node_id="rcp-1", target="bios", machine_name="board-a",
+                                   installed_version=None, security_version=0,
+                                   min_security_version=3),
+        timers=FAST, policy=get_policy("newest"), codec=Codec(KEY), rng=random.Random(2))
+    donor_events: list[Event] = []
+
+    async def on_donor_event(event: Event) -> None:
+        donor_events.append(event)
+
+    # A wiretap on another node records every message of the site and every unicast.
+    captured: list[Msg] = []
+
+    async def tap(msg: Msg) -> None:
+        captured.append(msg)
+
+    spy = await nats.connect(nats_cluster.urls[2])
+    await spy.subscribe(f"{PREFIX}.>", cb=tap)
+    await spy.flush()
+    donor_link, recipient_link = _link(nats_cluster, 0), _link(nats_cluster, 1)
+    donor_driver = SessionDriver(donor, donor_link, on_event=on_donor_event)
+    recipient_driver = SessionDriver(recipient, recipient_link)
+    await donor_driver.start()
+    await recipient_driver.start()
+    try:
+        assert donor_link.connected_url != recipient_link.connected_url
+        recipient_driver.act(recipient.start)
+        ack = await _first(recipient_driver.events, DonorAcked, 10.0)
+        assert isinstance(ack, DonorAcked) and recipient.state is RecipientState.BOUND
+        await asyncio.sleep(0.3)  # let the tap see the whole exchange
+        subjects = {m.subject for m in captured}
+        assert f"{PREFIX}.{SITE}.solicit.bios.board-a" in subjects
+        assert f"{PREFIX}.{SITE}.offer.bios" in subjects
+        assert f"{PREFIX}.ep.{recipient_link.endpoint}" in subjects  # the ACK, unicast
+        granted = sum(isinstance(e, ReservationGranted) for e in donor_events)
+        assert granted == 1 and donor.reservations == 1
+        before_donor, before_recipient = sum(donor.dropped.values()), dict(recipient.dropped)
+
+        # 1. replay every captured message, reply subject and all, on its own subject
+        for msg in list(captured):
+            await spy.publish(msg.subject, msg.data, reply=msg.reply)
+        # 2. a SOLICIT authenticated with another key, and one with no tag at all
+        forged = Solicit(xid=7, recipient_id="rcp-evil", target="bios",
+                         machine_name="board-a", installed_version=None, security_version=0,
+                         min_security_version=3, topology=None, declined=())
+        evil_inbox = f"{PREFIX}.ep.{'e' * 32}"
+        for codec in (Codec(b"not-the-fleet-key-but-long-enough"), Codec()):
+            await spy.publish(f"{PREFIX}.{SITE}.solicit.bios.board-a",
+                              codec.encode(forged, time.time()), reply=evil_inbox)
+        # 3. oversize, no reply subject, a malformed reply subject, garbage
+        genuine = Codec(KEY).encode(forged, time.time())
+        await spy.publish(f"{PREFIX}.{SITE}.solicit.bios.board-a", b"\0" * 1300,
+                          reply=evil_inbox)
+        await spy.publish(f"{PREFIX}.{SITE}.solicit.bios.board-a", genuine)
+        await spy.publish(f"{PREFIX}.{SITE}.solicit.bios.board-a", genuine,
+                          reply=f"{PREFIX}.ep.not-hex")
+        await spy.publish(f"{PREFIX}.{SITE}.accept", b"FWRN garbage", reply=evil_inbox)
+        await spy.flush()
+        await asyncio.sleep(0.5)
+
+        assert donor.reservations == 1  # no second reservation from a replayed ACCEPT
+        assert sum(isinstance(e, ReservationGranted) for e in donor_events) == 1
+        assert recipient.state is RecipientState.BOUND
+        # the SOLICIT and the ACCEPT again (the OFFER and the ACK went to the recipient)
+        assert donor.dropped["invalid: replayed datagram"] >= 2
+        assert donor.dropped["invalid: bad HMAC tag"] == 1
+        assert donor.dropped["invalid: authentication flag does not match the fleet "
+                             "configuration"] == 1  # the untagged SOLICIT
+        assert donor.dropped["invalid: unsupported wire version"] == 1  # the garbage
+        assert sum(donor.dropped.values()) >= before_donor + 5
+        assert recipient.dropped["invalid: replayed datagram"] >= \
+            before_recipient.get("invalid: replayed datagram", 0) + 2  # OFFER and ACK
+        assert donor_link.stats.dropped is not None
+        assert donor_link.stats.dropped["oversize"] == 1
+        assert donor_link.stats.dropped["bad reply subject"] == 2
+        # the exchange still ends cleanly: RELEASE frees the one reservation
+        recipient_driver.act(lambda now: recipient.release("recovered", IMAGE.size, now))
+        for _ in range(100):
+            if donor.reservations == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert donor.reservations == 0
+    finally:
+        await recipient_driver.close()
+        await donor_driver.close()
+        await spy.close()
