@@ -1,0 +1,87 @@
+"""Whole agents recover over a real 3-node NATS cluster on loopback (multicast fallback
+off, so NATS alone carries the negotiation), and a recovery survives the SIGKILL of the
+cluster node its recipient is connected to."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import fwrescue.recovery.network
+from fwrescue.agent import Agent
+from fwrescue.config import NetworkSettings, TimerSettings, TransportSettings
+from fwrescue.console.donor import ConsoleDonor
+from fwrescue.sim.fleet import build_fleet, corrupt_node
+from fwrescue.sim.nats_cluster import NatsCluster
+from fwrescue.transport.link import Link
+from fwrescue.transport.nats import NatsLink
+from tests.fakes.rogue import isolated_network
+from tests.nats_cluster import nats_cluster  # noqa: F401 - the fixture
+
+
+def nats_network(cluster: NatsCluster) -> NetworkSettings:
+    return dataclasses.replace(isolated_network(), transport=TransportSettings(
+        kind="nats", nats_servers=tuple(cluster.urls), site="lab", multicast_fallback=False,
+        reconnect_wait_s=0.2, reconnect_max_s=1.0))
+
+
+@pytest.mark.timeout(90)
+async def test_recovery_completes_when_the_recipients_nats_node_is_sigkilled(
+        tmp_path: Path, nats_cluster: NatsCluster,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    network = nats_network(nats_cluster)
+    plan = build_fleet(tmp_path / "fleet", nodes=4, boards=1, image_size=256 * 1024,
+                       network=network, timers=TimerSettings(startup_jitter=0.3,
+                                                             offer_window=0.3))
+    recipients = plan.nodes[:2]
+    for node in recipients:
+        corrupt_node(node)
+    links: list[NatsLink] = []
+    killed: list[str] = []
+    real_open_link = fwrescue.recovery.network.open_link
+
+    def spy_open_link(settings: NetworkSettings) -> Link:
+        link = real_open_link(settings)
+        assert isinstance(link, NatsLink)
+        links.append(link)
+        return link
+
+    monkeypatch.setattr(fwrescue.recovery.network, "open_link", spy_open_link)
+    assert plan.console_repo is not None
+    console = ConsoleDonor(repo=plan.console_repo, trust=plan.root / "trust",
+                           state_dir=plan.root / "console", network=network)
+    await console.start()
+    agents = [Agent(n.config) for n in plan.nodes]
+    try:
+        for agent in agents[2:]:  # the healthy peers donate
+            await agent.start()
+        for agent in agents[:2]:
+            await agent.start(run_startup_checks=False)
+        first = asyncio.create_task(agents[0].recover("bios", "test: corrupted"))
+        for _ in range(500):  # bounded: the recipient's link connects within ~a second
+            if links and links[0].connected_url:
+                break
+            await asyncio.sleep(0.01)
+        url = links[0].connected_url
+        assert url is not None and not first.done()
+        victim = nats_cluster.urls.index(url.rstrip("/"))
+        nats_cluster.kill(victim)  # mid-negotiation: the SOLICIT is not yet answered
+        killed.append(url)
+        # a second recipient negotiates entirely after the failure
+        second = asyncio.create_task(agents[1].recover("bios", "test: corrupted"))
+        results = await asyncio.wait_for(asyncio.gather(first, second), 60)
+    finally:
+        for agent in agents:
+            await agent.stop()
+        await console.stop()
+
+    assert all(r.ok for r in results), [r.reason for r in results]
+    assert links[0].stats.disconnects >= 1 and links[0].stats.reconnects >= 1
+    assert links[0].connected_url is None or links[0].connected_url not in killed
+    for node in recipients:
+        genuine = plan.newest(node.board).image.read_bytes()
+        assert node.flash_path.read_bytes()[:len(genuine)] == genuine
+    assert not NatsCluster.alive(nats_cluster.nodes[victim])
