@@ -53,6 +53,9 @@ def register_run_commands(subparsers: Any) -> None:
     demo.add_argument("--timeout", type=float, default=600.0)
     demo.add_argument("--redfish", action="store_true", help="serve Redfish on every node")
     demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--transport", choices=("udp", "nats"), default="udp",
+                      help="negotiate by multicast, or over a 3-node nats-server cluster "
+                           "the demo starts on loopback")
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -116,7 +119,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     options = DemoOptions(nodes=args.nodes, corrupt=args.corrupt, boards=args.boards,
                           json_path=args.json_path, hold=args.hold, host=args.host,
                           flash=args.flash, policy=args.policy, workdir=args.workdir,
-                          timeout=args.timeout, redfish=args.redfish, seed=args.seed)
+                          timeout=args.timeout, redfish=args.redfish, seed=args.seed,
+                          transport=args.transport)
     report = asyncio.run(run_demo(options))
     if args.hold and args.json_path is None:
         print(json.dumps(report, indent=2))

@@ -85,3 +85,18 @@ async def test_recovery_completes_when_the_recipients_nats_node_is_sigkilled(
         genuine = plan.newest(node.board).image.read_bytes()
         assert node.flash_path.read_bytes()[:len(genuine)] == genuine
     assert not NatsCluster.alive(nats_cluster.nodes[victim])
+
+
+@pytest.mark.timeout(120)
+async def test_demo_over_nats_starts_its_own_cluster_and_reports_the_transport(
+        tmp_path: Path) -> None:
+    from fwrescue.sim.demo import DemoOptions, run_demo
+
+    report = await run_demo(DemoOptions(nodes=4, corrupt=2, boards=2, transport="nats",
+                                        workdir=tmp_path / "fleet", live=False,
+                                        json_path=tmp_path / "report.json", image_size=65536))
+    assert report["ok"] and report["transport"] == "nats"
+    assert all(n["recovered"] for n in report["nodes"] if n["corrupted"])
+    assert '"transport": "nats"' in (tmp_path / "report.json").read_text()
+    logs = sorted((tmp_path / "fleet-nats").glob("n*.log"))
+    assert len(logs) == 3  # the demo's own three nodes, all stopped again
