@@ -1,18 +1,21 @@
-"""The negotiation over a real 3-node NATS cluster, at session level: the exchange
-completes across nodes, and forged, replayed, oversize and unaddressed messages published
-on the fleet's subjects change nothing."""
+"""The negotiation over real nats-server processes, at session level: the exchange
+completes across the nodes of a 3-node cluster, and forged, replayed, oversize and
+unaddressed messages published on the fleet's subjects change nothing; rejected
+credentials are a clear error at start; an unreachable broker falls back to multicast."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
+from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.msg import Msg
 
-from fwrescue.config import TransportSettings
+from fwrescue.config import NetworkSettings, TransportSettings
+from fwrescue.errors import ConfigError
 from fwrescue.protocol.codec import Codec
 from fwrescue.protocol.donor import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from fwrescue.protocol.events import DonorAcked, Event, ReservationGranted
@@ -21,6 +24,7 @@ from fwrescue.protocol.policy import get_policy
 from fwrescue.protocol.recipient import RecipientIdentity, RecipientSession, RecipientTimers
 from fwrescue.protocol.states import RecipientState
 from fwrescue.sim.nats_cluster import NatsCluster
+from fwrescue.transport.link import DualLink, open_link
 from fwrescue.transport.nats import NatsLink, NatsOptions
 from fwrescue.transport.udp import SessionDriver
 from tests.nats_cluster import nats_cluster  # noqa: F401 - the fixture
@@ -145,3 +149,51 @@ async def test_forged_replayed_oversize_and_unaddressed_nats_messages_change_not
         await recipient_driver.close()
         await donor_driver.close()
         await spy.close()
+
+
+@pytest.mark.timeout(30)
+async def test_rejected_credentials_are_a_clear_error_at_start_and_good_ones_connect(
+        tmp_path: Path) -> None:
+    with NatsCluster(tmp_path / "auth", size=1, users=[("bmc", "s3cret-pass")]) as cluster:
+        def link(password: str) -> NatsLink:
+            return NatsLink(NatsOptions.from_settings(TransportSettings(
+                kind="nats", nats_servers=tuple(cluster.urls), user="bmc",
+                password=password)))
+
+        bad = link("wrong")
+        with pytest.raises(ConfigError, match="rejected this agent's credentials"):
+            await bad.open(lambda data, source: None)
+        good = link("s3cret-pass")
+        await good.open(lambda data, source: None)
+        try:
+            assert good.connected
+        finally:
+            good.close()
+
+
+@pytest.mark.timeout(30)
+async def test_an_unreachable_broker_falls_back_to_multicast() -> None:
+    rng = random.Random()
+    network = NetworkSettings(
+        group=f"239.254.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
+        port=rng.randint(20000, 32000),
+        transport=TransportSettings(kind="nats", nats_servers=("nats://127.0.0.1:9",),
+                                    connect_timeout_s=0.3))
+    donor = DonorResponder(
+        identity=DonorIdentity(donor_id="donor-a", kind=DonorKind.PEER,
+                               transfer_url="http://127.0.0.1:9001"),
+        catalog=lambda: [IMAGE], limits=DonorLimits(capacity=2, jitter=0.05),
+        codec=Codec(KEY), rng=random.Random(1))
+    recipient = RecipientSession(
+        identity=RecipientIdentity(node_id="rcp-1", target="bios", machine_name="board-a",
+                                   installed_version=None, security_version=0,
+                                   min_security_version=3),
+        timers=FAST, policy=get_policy("newest"), codec=Codec(KEY), rng=random.Random(2))
+    links = [open_link(network), open_link(network)]
+    assert all(isinstance(link, DualLink) for link in links)
+    async with SessionDriver(donor, links[0]), SessionDriver(recipient, links[1]) as driver:
+        assert not any(isinstance(link, DualLink) and link.nats.connected for link in links)
+        driver.act(recipient.start)
+        ack = await _first(driver.events, DonorAcked, 10.0)
+        assert isinstance(ack, DonorAcked)
+        assert all(isinstance(link, DualLink) and link.multicast_sends > 0 for link in links)
