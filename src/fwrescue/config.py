@@ -31,6 +31,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_network",
+    "parse_transport_file",
     "read_fleet_key",
 ]
 
@@ -543,6 +544,18 @@ def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
 def parse_network(data: Mapping[str, Any], base: Path) -> NetworkSettings:
     """Validate a ``[network]`` table on its own (the console donor's command line)."""
     return _network(_Section(dict(data), "network"), base)
+
+
+def parse_transport_file(path: Path) -> TransportSettings:
+    """The ``[transport]`` table of a TOML file on its own (the console donor's
+    ``--transport-config``); paths resolve against the file's folder. Raises ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError("cannot read the transport config", path=str(path),
+                          detail=str(e)) from e
+    return _transport(_Section(data.get("transport", {}), "transport"), path.parent.resolve())
 
 
 def load_config(path: Path) -> AgentConfig:

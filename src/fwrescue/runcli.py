@@ -35,6 +35,9 @@ def register_run_commands(subparsers: Any) -> None:
     donor.add_argument("--fleet-key-file", type=Path, default=None,
                        help="HMAC-authenticate datagrams with this fleet key")
     donor.add_argument("--id", default="console")
+    donor.add_argument("--transport-config", type=Path, default=None,
+                       help="a TOML file whose [transport] table puts the console on NATS "
+                            "(e.g. a site's leaf node); see docs/operations.md")
     donor.set_defaults(func=_cmd_donor)
 
     demo = subparsers.add_parser("demo", help="a simulated fleet recovering corrupted BIOSes")
@@ -89,6 +92,13 @@ def _cmd_donor(args: argparse.Namespace) -> int:
         "fleet_key_file": str(args.fleet_key_file) if args.fleet_key_file else None,
     }
     network = parse_network({k: v for k, v in settings.items() if v is not None}, Path.cwd())
+    if args.transport_config is not None:
+        import dataclasses
+
+        from fwrescue.config import parse_transport_file
+
+        network = dataclasses.replace(network,
+                                      transport=parse_transport_file(args.transport_config))
 
     async def run() -> None:
         donor = ConsoleDonor(repo=args.repo, trust=args.trust, state_dir=args.state,

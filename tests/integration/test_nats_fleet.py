@@ -100,3 +100,42 @@ async def test_demo_over_nats_starts_its_own_cluster_and_reports_the_transport(
     assert '"transport": "nats"' in (tmp_path / "report.json").read_text()
     logs = sorted((tmp_path / "fleet-nats").glob("n*.log"))
     assert len(logs) == 3  # the demo's own three nodes, all stopped again
+
+
+@pytest.mark.timeout(60)
+async def test_console_donor_process_on_nats_via_transport_config(
+        tmp_path: Path, nats_cluster: NatsCluster) -> None:  # noqa: F811
+    import subprocess
+    import sys
+
+    network = nats_network(nats_cluster)
+    plan = build_fleet(tmp_path / "fleet", nodes=1, boards=1, image_size=128 * 1024,
+                       network=network, timers=TimerSettings(startup_jitter=0.1,
+                                                             offer_window=0.3))
+    node = plan.nodes[0]
+    corrupt_node(node)
+    urls = ", ".join(f'"{u}"' for u in nats_cluster.urls)
+    transport = tmp_path / "console-transport.toml"
+    transport.write_text(f'[transport]\nkind = "nats"\nnats_servers = [{urls}]\n'
+                         'site = "lab"\nmulticast_fallback = false\n')
+    assert plan.console_repo is not None
+    console = subprocess.Popen(
+        [str(Path(sys.executable).with_name("fwrescue")), "donor", "--repo",
+         str(plan.console_repo), "--trust", str(plan.root / "trust"), "--state",
+         str(tmp_path / "console"), "--group", network.group, "--port", str(network.port),
+         "--transport-config", str(transport)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert console.stdout is not None
+        assert "console donor console serving" in console.stdout.readline()
+        agent = Agent(node.config)
+        await agent.start(run_startup_checks=False)
+        try:
+            result = await asyncio.wait_for(agent.recover("bios", "test: corrupted"), 30)
+        finally:
+            await agent.stop()
+    finally:
+        console.terminate()
+        console.wait(10)
+    assert result.ok and result.donor_id == "console"
+    genuine = plan.newest("board-a").image.read_bytes()
+    assert node.flash_path.read_bytes()[:len(genuine)] == genuine
