@@ -21,6 +21,7 @@ from fwrescue.protocol.donor import DonorIdentity, DonorLimits, DonorResponder, 
 from fwrescue.protocol.events import DonorAcked, Event, ReservationGranted
 from fwrescue.protocol.messages import DonorKind, Solicit
 from fwrescue.protocol.policy import get_policy
+from fwrescue.protocol.session import GROUP
 from fwrescue.protocol.recipient import RecipientIdentity, RecipientSession, RecipientTimers
 from fwrescue.protocol.states import RecipientState
 from fwrescue.sim.nats_cluster import NatsCluster
@@ -197,3 +198,66 @@ async def test_an_unreachable_broker_falls_back_to_multicast() -> None:
         ack = await _first(driver.events, DonorAcked, 10.0)
         assert isinstance(ack, DonorAcked)
         assert all(isinstance(link, DualLink) and link.multicast_sends > 0 for link in links)
+
+
+@pytest.mark.timeout(30)
+async def test_a_neighbour_without_a_broker_is_answered_by_multicast(
+        nats_cluster: NatsCluster) -> None:  # noqa: F811
+    rng = random.Random()
+    group = f"239.254.{rng.randint(1, 254)}.{rng.randint(1, 254)}"
+    port = rng.randint(20000, 32000)
+
+    def network(servers: list[str]) -> NetworkSettings:
+        return NetworkSettings(group=group, port=port, transport=TransportSettings(
+            kind="nats", nats_servers=tuple(servers), connect_timeout_s=0.3))
+
+    donor_link = open_link(network(nats_cluster.urls))
+    recipient_link = open_link(network(["nats://127.0.0.1:9"]))  # its broker never answers
+    assert isinstance(donor_link, DualLink) and isinstance(recipient_link, DualLink)
+    donor = DonorResponder(
+        identity=DonorIdentity(donor_id="donor-a", kind=DonorKind.PEER,
+                               transfer_url="http://127.0.0.1:9001"),
+        catalog=lambda: [IMAGE], limits=DonorLimits(capacity=2, jitter=0.05),
+        codec=Codec(KEY), rng=random.Random(1))
+    recipient = RecipientSession(
+        identity=RecipientIdentity(node_id="rcp-1", target="bios", machine_name="board-a",
+                                   installed_version=None, security_version=0,
+                                   min_security_version=3),
+        timers=FAST, policy=get_policy("newest"), codec=Codec(KEY), rng=random.Random(2))
+    async with SessionDriver(donor, donor_link), \
+            SessionDriver(recipient, recipient_link) as driver:
+        assert donor_link.nats.connected and not recipient_link.nats.connected
+        driver.act(recipient.start)
+        ack = await _first(driver.events, DonorAcked, 10.0)
+        assert isinstance(ack, DonorAcked)
+        # the connected donor answered its multicast-only neighbour by multicast too
+        assert donor_link.multicast_sends > 0 and recipient_link.multicast_sends > 0
+
+
+@pytest.mark.timeout(30)
+async def test_a_broker_that_comes_up_later_is_joined_in_the_background(
+        tmp_path: Path) -> None:
+    cluster = NatsCluster(tmp_path / "late", size=1)  # ports chosen, server not started
+    link = NatsLink(NatsOptions.from_settings(TransportSettings(
+        kind="nats", nats_servers=tuple(cluster.urls), connect_timeout_s=0.3,
+        reconnect_wait_s=0.1, reconnect_max_s=0.5)))
+    got: list[bytes] = []
+    await link.open(lambda data, source: got.append(data))
+    try:
+        assert not link.connected
+        link.send(b"lost", GROUP)  # nowhere to go yet: dropped and counted
+        assert link.stats.dropped["not connected"] == 1
+        with cluster:
+            for _ in range(300):  # bounded: nats-py retries every reconnect_time_wait
+                if link.connected:
+                    break
+                await asyncio.sleep(0.02)
+            assert link.connected
+            link.send(b"FWRN-hello", GROUP)
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.02)
+            assert got == [b"FWRN-hello"]  # its own echo, through the server
+    finally:
+        link.close()

@@ -8,8 +8,10 @@ the recipient, the donor service and the console never name a transport class:
 * ``[transport] kind = "udp"`` (the default): :class:`~fwrescue.transport.udp.UdpMulticastLink`;
 * ``kind = "nats"``: a :class:`~fwrescue.transport.nats.NatsLink`, wrapped in a
   :class:`DualLink` that sends group messages by multicast *only while no NATS server is
-  reachable* (``multicast_fallback = true``, the default), so an agent whose broker is
-  down still negotiates on its own segment and still has its predetermined sources;
+  reachable, or while multicast neighbours are heard* (``multicast_fallback = true``,
+  the default), so an agent whose broker is down still negotiates on its own segment —
+  and is answered there by neighbours whose broker is up — and still has its
+  predetermined sources;
 * ``kind = "both"``: a :class:`DualLink` that sends every group message on both and
   delivers from both — a bridge-free dual stack. A message heard twice is dropped by the
   codec's replay cache (same sender, same nonce), so sessions see it once.
@@ -21,6 +23,7 @@ NATS, an ``(ip, port)`` by UDP. Replies therefore follow the path the request ca
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -55,10 +58,17 @@ class DualLink:
     """A NATS link and a multicast link under one :class:`Link`.
 
     ``always_multicast`` (``kind = "both"``) sends group messages on both links; otherwise
-    (``kind = "nats"``) on NATS while it is connected and by multicast only while it is
-    not. Both links always deliver. If the multicast socket cannot be opened the link runs
-    on NATS alone (and says so in the log); if neither can carry, sends are dropped.
+    (``kind = "nats"``) on NATS while it is connected, and by multicast too while it is
+    not or while a multicast datagram arrived within the last ``NEIGHBOUR_WINDOW_S``
+    (a neighbour on the segment is falling back: it must hear the answer; the neighbours
+    that answer it are heard too, so the segment runs dual-stack until its group traffic
+    has been quiet for the window — duplicates only, dropped as below). Both links
+    always deliver; a copy heard on both is dropped by the codec's replay cache. If the
+    multicast socket cannot be opened the link runs on NATS alone (and says so in the
+    log); if neither can carry, sends are dropped.
     """
+
+    NEIGHBOUR_WINDOW_S = 30.0
 
     def __init__(self, nats: NatsLink, udp: UdpMulticastLink, *,
                  always_multicast: bool) -> None:
@@ -66,15 +76,21 @@ class DualLink:
         self.udp: UdpMulticastLink | None = udp
         self.always_multicast = always_multicast
         self.multicast_sends = 0
+        self._multicast_heard_at: float | None = None
 
     @property
     def local_address(self) -> Address:
         return self.nats.local_address
 
     async def open(self, deliver: Callable[[bytes, Address], None]) -> None:
+        def from_multicast(data: bytes, source: Address) -> None:
+            if self.udp is not None and source != self.udp.local_address:  # not our own echo
+                self._multicast_heard_at = time.monotonic()
+            deliver(data, source)
+
         if self.udp is not None:
             try:
-                await self.udp.open(deliver)
+                await self.udp.open(from_multicast)
             except TransferError as e:
                 log.warning("multicast unavailable, NATS only: %s", e)
                 self.udp = None
@@ -97,7 +113,9 @@ class DualLink:
         nats_up = self.nats.connected
         if nats_up or self.udp is None:
             self.nats.send(data, GROUP)
-        if self.udp is not None and (self.always_multicast or not nats_up):
+        heard = self._multicast_heard_at
+        neighbours = heard is not None and time.monotonic() - heard < self.NEIGHBOUR_WINDOW_S
+        if self.udp is not None and (self.always_multicast or not nats_up or neighbours):
             self.multicast_sends += 1
             self.udp.send(data, GROUP)
 

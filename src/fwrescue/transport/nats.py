@@ -43,7 +43,7 @@ import ssl
 import struct
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats
@@ -164,13 +164,9 @@ class NatsLinkStats:
 
     received: int = 0
     sent: int = 0
-    dropped: Counter[str] | None = None
+    dropped: Counter[str] = field(default_factory=Counter)
     disconnects: int = 0
     reconnects: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dropped is None:
-            self.dropped = Counter()
 
 
 class NatsLink:
@@ -250,7 +246,6 @@ class NatsLink:
             raise TransferError("a NATS link cannot send to a UDP address", host=dest[0])
         client = self._client
         if client is None or not self._subscribed or client.is_closed:
-            assert self.stats.dropped is not None
             self.stats.dropped["not connected"] += 1
             return
         self.stats.sent += 1
@@ -295,7 +290,6 @@ class NatsLink:
         return best, delay * (0.5 + self._rng.random() / 2)
 
     async def _on_message(self, msg: Msg) -> None:
-        assert self.stats.dropped is not None
         if len(msg.data) > MAX_DATAGRAM:
             self.stats.dropped["oversize"] += 1
             return
