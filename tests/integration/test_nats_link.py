@@ -21,8 +21,8 @@ from fwrescue.protocol.donor import DonorIdentity, DonorLimits, DonorResponder, 
 from fwrescue.protocol.events import DonorAcked, Event, ReservationGranted
 from fwrescue.protocol.messages import DonorKind, Solicit
 from fwrescue.protocol.policy import get_policy
-from fwrescue.protocol.session import GROUP
 from fwrescue.protocol.recipient import RecipientIdentity, RecipientSession, RecipientTimers
+from fwrescue.protocol.session import GROUP
 from fwrescue.protocol.states import RecipientState
 from fwrescue.sim.nats_cluster import NatsCluster
 from fwrescue.transport.link import DualLink, open_link
