@@ -261,3 +261,28 @@ async def test_a_broker_that_comes_up_later_is_joined_in_the_background(
             assert got == [b"FWRN-hello"]  # its own echo, through the server
     finally:
         link.close()
+
+
+@pytest.mark.timeout(30)
+async def test_tls_to_the_broker_verifies_the_server_certificate(tmp_path: Path) -> None:
+    from fwrescue.redfish.tls import ensure_certificate
+
+    cert, key = ensure_certificate(tmp_path / "server", "127.0.0.1")
+    other, _ = ensure_certificate(tmp_path / "other", "127.0.0.1")  # a different self-signed
+    with NatsCluster(tmp_path / "tls", size=1, tls=(cert, key)) as cluster:
+        def link(ca: Path) -> NatsLink:
+            return NatsLink(NatsOptions.from_settings(TransportSettings(
+                kind="nats", nats_servers=tuple(u.replace("nats://", "tls://")
+                                                for u in cluster.urls),
+                tls_ca_file=ca, connect_timeout_s=1.0)))
+
+        trusted = link(cert)
+        await trusted.open(lambda data, source: None)
+        untrusted = link(other)
+        await untrusted.open(lambda data, source: None)
+        try:
+            assert trusted.connected
+            assert not untrusted.connected  # the server's certificate is not the one trusted
+        finally:
+            trusted.close()
+            untrusted.close()

@@ -78,7 +78,8 @@ class NatsCluster:
 
     def __init__(self, root: Path, *, size: int = 3, hosts: Sequence[str] | None = None,
                  exec_prefix: Sequence[str] = (), fixed_ports: bool = False,
-                 users: Sequence[tuple[str, str]] = (), max_payload: int = 4096) -> None:
+                 users: Sequence[tuple[str, str]] = (), max_payload: int = 4096,
+                 tls: tuple[Path, Path] | None = None) -> None:
         if not 1 <= size <= 9:
             raise ConfigError("a test cluster has 1..9 nodes", size=size)
         self.root = root
@@ -88,6 +89,7 @@ class NatsCluster:
         self.exec_prefix = list(exec_prefix)
         self.users = list(users)
         self.max_payload = max_payload
+        self.tls = tls  # (certificate, key): clients must then speak TLS
         self.nodes: list[NatsNode] = []
         self._logs: list[IO[bytes]] = []
         for i, host in enumerate(self.hosts):
@@ -126,6 +128,10 @@ class NatsCluster:
             entries = ", ".join(f"{{user: {json.dumps(u)}, password: {json.dumps(p)}}}"
                                 for u, p in self.users)
             auth = f"authorization {{ users: [ {entries} ] }}\n"
+        if self.tls is not None:
+            cert, key = self.tls
+            auth += (f"tls {{ cert_file: {json.dumps(str(cert))}, "
+                     f"key_file: {json.dumps(str(key))} }}\n")
         return (f"server_name: {node.name}\n"
                 f"listen: {node.host}:{node.client_port}\n"
                 f"http: {node.host}:{node.http_port}\n"
