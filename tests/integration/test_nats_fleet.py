@@ -139,3 +139,41 @@ async def test_console_donor_process_on_nats_via_transport_config(
     assert result.ok and result.donor_id == "console"
     genuine = plan.newest("board-a").image.read_bytes()
     assert node.flash_path.read_bytes()[:len(genuine)] == genuine
+
+
+@pytest.mark.timeout(60)
+def test_agent_with_rejected_nats_credentials_exits_at_start_with_a_clear_error(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    plan = build_fleet(tmp_path / "fleet", nodes=1, boards=1, image_size=65536,
+                       network=isolated_network())
+    node = plan.nodes[0]
+    assert node.config.targets[0].flash.path is not None
+    with NatsCluster(tmp_path / "nats", size=1, users=[("bmc", "right-password")]) as cluster:
+        config = tmp_path / "agent.toml"
+        config.write_text(f"""
+[agent]
+node_id = "{node.node_id}"
+machine_name = "{node.board}"
+state_dir = "{node.config.state_dir}"
+trust = ["{plan.root / 'trust'}"]
+
+[transport]
+kind = "nats"
+nats_servers = ["{cluster.urls[0]}"]
+user = "bmc"
+password = "wrong-password"
+
+[[targets]]
+name = "bios"
+flash = {{ kind = "file", path = "{node.config.targets[0].flash.path}" }}
+host = {{ kind = "virtual", boot_timeout = 5 }}
+""")
+        done = subprocess.run([str(Path(sys.executable).with_name("fwrescue")), "agent",
+                               "--config", str(config)], capture_output=True, text=True,
+                              timeout=30)
+    assert done.returncode == 2
+    assert "error: the NATS server rejected this agent's credentials" in done.stderr
+    assert "Traceback" not in done.stderr
