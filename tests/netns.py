@@ -140,6 +140,7 @@ class Lab:
     hosts: list[Host] = field(default_factory=list)
     relays: list[ImpairedRelay] = field(default_factory=list)
     _namespaces: list[str] = field(default_factory=list)
+    _links: list[str] = field(default_factory=list)  # created in this (the test's) netns
 
     @property
     def core(self) -> str:
@@ -178,15 +179,21 @@ class Lab:
         address = f"198.18.{segment}.{10 + index}"
         self._add_netns(netns)
         inner, outer = f"fwr{self.tag}i{index}", f"fwr{self.tag}o{index}"
+        self._links += [inner, outer]  # deleted in close() if a step below fails
         if impair is None:
             ip("link", "add", inner, "type", "veth", "peer", "name", outer)
             ip("link", "set", inner, "netns", netns)
             ip("link", "set", outer, "netns", self.core)
         else:
-            fds = (_open_tap(inner), _open_tap(outer))
+            fd_inner = _open_tap(inner)
+            try:
+                fd_outer = _open_tap(outer)
+            except OSError:
+                os.close(fd_inner)
+                raise
+            self.relays.append(ImpairedRelay(fd_inner, fd_outer, impair))
             ip("link", "set", inner, "netns", netns)
             ip("link", "set", outer, "netns", self.core)
-            self.relays.append(ImpairedRelay(*fds, impair))
         ip("-n", netns, "link", "set", inner, "name", "eth0")
         ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
         ip("-n", netns, "link", "set", "eth0", "up")
@@ -211,6 +218,11 @@ class Lab:
             with contextlib.suppress(subprocess.CalledProcessError):
                 ip("netns", "del", name)
         self._namespaces.clear()
+        for link in self._links:  # only left here if moving it into its namespace failed
+            if os.path.exists(f"/sys/class/net/{link}"):
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    ip("link", "del", link)
+        self._links.clear()
 
     def __enter__(self) -> Lab:
         return self.open()
