@@ -7,7 +7,10 @@ waits until every node has a route to every other one (``/routez`` on its monito
 port) and kills them again on :meth:`stop` (each by its own pid) or on leaving the
 ``with`` block. Nodes listen on loopback by default; ``hosts`` puts node *i* on address
 ``hosts[i]`` and ``exec_prefix`` (e.g. ``["ip", "netns", "exec", "ns"]``) runs them, and
-the readiness probe, inside a network namespace.
+the readiness probe, inside a network namespace. Every node also accepts leafnode
+connections; ``NatsCluster(root, size=1, leaf_of=cluster)`` is a leaf node of
+``cluster`` (a site's own server, e.g. where its console sits), ready once its leafnode
+connection is up (``/leafz``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ __all__ = ["NatsCluster", "NatsNode", "nats_server_binary"]
 
 READY_TIMEOUT_S = 20.0
 _PROBE = ("import json,sys,urllib.request;"
-          "print(json.load(urllib.request.urlopen(sys.argv[1], timeout=2))['num_routes'])")
+          "print(json.load(urllib.request.urlopen(sys.argv[1], timeout=2))[sys.argv[2]])")
 
 
 def nats_server_binary() -> str:
@@ -65,6 +68,7 @@ class NatsNode:
     client_port: int
     cluster_port: int
     http_port: int
+    leaf_port: int
     config: Path
     process: subprocess.Popen[bytes] | None = None
 
@@ -79,7 +83,8 @@ class NatsCluster:
     def __init__(self, root: Path, *, size: int = 3, hosts: Sequence[str] | None = None,
                  exec_prefix: Sequence[str] = (), fixed_ports: bool = False,
                  users: Sequence[tuple[str, str]] = (), max_payload: int = 4096,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None,
+                 leaf_of: NatsCluster | None = None) -> None:
         if not 1 <= size <= 9:
             raise ConfigError("a test cluster has 1..9 nodes", size=size)
         self.root = root
@@ -90,14 +95,17 @@ class NatsCluster:
         self.users = list(users)
         self.max_payload = max_payload
         self.tls = tls  # (certificate, key): clients must then speak TLS
+        # A leaf node (e.g. one per site, the console's): no cluster of its own, a
+        # leafnode connection to every node of ``leaf_of`` instead.
+        self.leaf_of = leaf_of
         self.nodes: list[NatsNode] = []
         self._logs: list[IO[bytes]] = []
         for i, host in enumerate(self.hosts):
             # In a namespace of the test's own every port is free; on loopback, ask the OS.
-            ports = (4222, 6222, 8222) if fixed_ports else _free_ports(host, 3)
-            client, cluster, http = ports[0], ports[1], ports[2]
-            self.nodes.append(NatsNode(f"n{i + 1}", host, client, cluster, http,
-                                       config=root / f"n{i + 1}.conf"))
+            ports = (4222, 6222, 8222, 7422) if fixed_ports else _free_ports(host, 4)
+            name = f"{'leaf' if leaf_of else 'n'}{i + 1}"
+            self.nodes.append(NatsNode(name, host, ports[0], ports[1], ports[2], ports[3],
+                                       config=root / f"{name}.conf"))
 
     @property
     def urls(self) -> list[str]:
@@ -132,29 +140,37 @@ class NatsCluster:
             cert, key = self.tls
             auth += (f"tls {{ cert_file: {json.dumps(str(cert))}, "
                      f"key_file: {json.dumps(str(key))} }}\n")
-        return (f"server_name: {node.name}\n"
+        head = (f"server_name: {node.name}\n"
                 f"listen: {node.host}:{node.client_port}\n"
                 f"http: {node.host}:{node.http_port}\n"
                 f"max_payload: {self.max_payload}\n"
-                f"{auth}"
+                f"{auth}")
+        if self.leaf_of is not None:
+            hubs = ", ".join(json.dumps(f"nats-leaf://{n.host}:{n.leaf_port}")
+                             for n in self.leaf_of.nodes)
+            return head + f"leafnodes {{ remotes: [ {{ urls: [{hubs}] }} ] }}\n"
+        return (head +
+                f"leafnodes {{ listen: {node.host}:{node.leaf_port} }}\n"
                 f"cluster {{\n  name: fwrescue\n  listen: {node.host}:{node.cluster_port}\n"
                 f"  routes: [{', '.join(others)}]\n}}\n")
 
     def _routes(self, node: NatsNode) -> int:
-        url = f"http://{node.host}:{node.http_port}/routez"
+        """Routes to other nodes (for a leaf node: its leafnode connections)."""
+        page, key = ("leafz", "leafnodes") if self.leaf_of else ("routez", "num_routes")
+        url = f"http://{node.host}:{node.http_port}/{page}"
         if self.exec_prefix:
-            out = subprocess.run([*self.exec_prefix, sys.executable, "-c", _PROBE, url],
+            out = subprocess.run([*self.exec_prefix, sys.executable, "-c", _PROBE, url, key],
                                  capture_output=True, text=True, timeout=10)
             return int(out.stdout.strip()) if out.returncode == 0 else -1
         with urllib.request.urlopen(url, timeout=2) as response:
-            return int(json.load(response)["num_routes"])
+            return int(json.load(response)[key])
 
     def wait_ready(self, nodes: Sequence[NatsNode] | None = None,
                    timeout: float = READY_TIMEOUT_S) -> None:
         """Wait until each running node routes to every other running node."""
         deadline = time.monotonic() + timeout
         live = [n for n in (nodes or self.nodes) if self.alive(n)]
-        want = len([n for n in self.nodes if self.alive(n)]) - 1
+        want = 1 if self.leaf_of else len([n for n in self.nodes if self.alive(n)]) - 1
         pending = list(live)
         while pending:
             node = pending[0]
