@@ -215,6 +215,7 @@ class NatsLink:
         loop = asyncio.get_running_loop()
         self._auth_failed = loop.create_future()
         self._connector = asyncio.create_task(self._connect())
+        self._connector.add_done_callback(_log_publish_error)
         waiter: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(self._connector))
         failed: asyncio.Future[Any] = self._auth_failed
         done, _ = await asyncio.wait({waiter, failed},
@@ -276,9 +277,13 @@ class NatsLink:
             error_cb=self._on_error, disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected, ping_interval=5, max_outstanding_pings=2,
             **o.credentials)  # type: ignore[arg-type]
+        # nats-py keeps subscriptions across reconnects (it replays them on the new server)
         await client.subscribe(f"{o.prefix}.{o.site}.>", cb=self._on_message)
         await client.subscribe(self.inbox, cb=self._on_message)
-        await client.flush(timeout=max(1, round(o.connect_timeout_s)))
+        try:  # the server has our interest before our first publish
+            await client.flush(timeout=max(1, round(o.connect_timeout_s)))
+        except (TimeoutError, nats.errors.Error) as e:
+            log.debug("NATS link %s: flush after subscribing: %s", self.endpoint[:8], e)
         self._subscribed = True
         log.info("NATS link %s connected to %s", self.endpoint[:8], self.connected_url)
 
@@ -321,9 +326,11 @@ class NatsLink:
 
 
 def _log_publish_error(task: asyncio.Future[Any]) -> None:
+    """Done callback of the link's background tasks (connect, publish, close): a failure
+    is logged, never raised into the agent (the protocol's retransmissions cover it)."""
     if task.cancelled():
         return
     with contextlib.suppress(asyncio.CancelledError):
         error = task.exception()
         if error is not None:
-            log.debug("NATS publish/close failed: %s", error)
+            log.warning("NATS link task failed: %s", error)
