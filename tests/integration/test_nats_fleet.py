@@ -143,6 +143,8 @@ async def test_console_donor_process_on_a_sites_leaf_node_via_transport_config(
     finally:
         console.terminate()
         console.wait(10)
+        if console.stdout is not None:
+            console.stdout.close()
         stack.close()
     assert result.ok and result.donor_id == "console"
     genuine = plan.newest("board-a").image.read_bytes()

@@ -170,6 +170,7 @@ async def test_rejected_credentials_are_a_clear_error_at_start_and_good_ones_con
             assert good.connected
         finally:
             good.close()
+            await good.wait_closed()
 
 
 @pytest.mark.timeout(30)
@@ -259,6 +260,8 @@ async def test_a_broker_that_comes_up_later_is_joined_in_the_background(
                     break
                 await asyncio.sleep(0.02)
             assert got == [b"FWRN-hello"]  # its own echo, through the server
+            link.close()
+            await link.wait_closed()
     finally:
         link.close()
 
@@ -284,5 +287,6 @@ async def test_tls_to_the_broker_verifies_the_server_certificate(tmp_path: Path)
             assert trusted.connected
             assert not untrusted.connected  # the server's certificate is not the one trusted
         finally:
-            trusted.close()
-            untrusted.close()
+            for link_ in (trusted, untrusted):
+                link_.close()
+                await link_.wait_closed()

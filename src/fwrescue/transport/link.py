@@ -124,6 +124,9 @@ class DualLink:
         if self.udp is not None:
             self.udp.close()
 
+    async def wait_closed(self) -> None:
+        await self.nats.wait_closed()
+
 
 def open_link(network: NetworkSettings) -> Link:
     """The link ``network`` configures (``network.transport.kind``). Raises ConfigError

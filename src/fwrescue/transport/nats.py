@@ -182,6 +182,7 @@ class NatsLink:
         self._client: Client | None = None
         self._deliver: Callable[[bytes, Address], None] | None = None
         self._connector: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._auth_failed: asyncio.Future[str] | None = None
         self._closed = False
         self._subscribed = False
@@ -225,6 +226,7 @@ class NatsLink:
         if self._auth_failed in done:
             detail = self._auth_failed.result()
             self.close()
+            await self.wait_closed()
             raise ConfigError("the NATS server rejected this agent's credentials "
                               "(check transport.user/password or nkey_seed_file)",
                               detail=detail)
@@ -254,13 +256,21 @@ class NatsLink:
         task.add_done_callback(_log_publish_error)
 
     def close(self) -> None:
+        """Stop connecting and close the connection (finished by :meth:`wait_closed`)."""
         self._closed = True
         if self._connector is not None:
             self._connector.cancel()
         client, self._client = self._client, None
         if client is not None and not client.is_closed:
-            task = asyncio.ensure_future(client.close())
-            task.add_done_callback(_log_publish_error)
+            self._closing = asyncio.ensure_future(client.close())
+            self._closing.add_done_callback(_log_publish_error)
+
+    async def wait_closed(self) -> None:
+        """Wait (at most 5 s) until :meth:`close` has released the connection."""
+        for task in (self._connector, self._closing):
+            if task is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), 5.0)
 
     # --- internals ---------------------------------------------------------------------
 
