@@ -6,6 +6,7 @@ credentials are a clear error at start; an unreachable broker falls back to mult
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -290,3 +291,40 @@ async def test_tls_to_the_broker_verifies_the_server_certificate(tmp_path: Path)
             for link_ in (trusted, untrusted):
                 link_.close()
                 await link_.wait_closed()
+
+
+@pytest.mark.timeout(30)
+async def test_a_dual_stack_donor_serves_a_multicast_only_and_a_nats_only_recipient(
+        nats_cluster: NatsCluster) -> None:  # noqa: F811
+    rng = random.Random()
+    base = NetworkSettings(group=f"239.254.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
+                           port=rng.randint(20000, 32000))
+
+    def network(kind: str) -> NetworkSettings:
+        return dataclasses.replace(base, transport=TransportSettings(
+            kind=kind, nats_servers=tuple(nats_cluster.urls), multicast_fallback=False))
+
+    donor = DonorResponder(
+        identity=DonorIdentity(donor_id="donor-a", kind=DonorKind.PEER,
+                               transfer_url="http://127.0.0.1:9001"),
+        catalog=lambda: [IMAGE], limits=DonorLimits(capacity=4, jitter=0.05),
+        codec=Codec(KEY), rng=random.Random(1))
+    recipients = [RecipientSession(
+        identity=RecipientIdentity(node_id=f"rcp-{kind}", target="bios",
+                                   machine_name="board-a", installed_version=None,
+                                   security_version=0, min_security_version=3),
+        timers=FAST, policy=get_policy("newest"), codec=Codec(KEY), rng=random.Random(i))
+        for i, kind in enumerate(("udp", "nats"))]
+    dual = open_link(network("both"))
+    assert isinstance(dual, DualLink) and dual.always_multicast
+    udp_only, nats_only = open_link(network("udp")), open_link(network("nats"))
+    assert isinstance(nats_only, NatsLink)
+    async with SessionDriver(donor, dual), SessionDriver(recipients[0], udp_only) as a, \
+            SessionDriver(recipients[1], nats_only) as b:
+        for driver, session in ((a, recipients[0]), (b, recipients[1])):
+            driver.act(session.start)
+        acks = [await _first(d.events, DonorAcked, 10.0) for d in (a, b)]
+        assert all(isinstance(ack, DonorAcked) for ack in acks)
+        assert donor.reservations == 2
+        # the NATS-only recipient heard the donor's OFFER over NATS, the other by multicast
+        assert nats_only.stats.received > 0 and dual.multicast_sends > 0
