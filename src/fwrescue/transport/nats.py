@@ -237,16 +237,18 @@ class NatsLink:
     def send(self, data: bytes, dest: Destination) -> None:
         """Publish ``data`` to the group subject or to a NATS endpoint's inbox.
 
-        Dropped (and counted) while never connected; while reconnecting, the client
-        buffers it and publishes after the failover."""
+        Dropped (and counted) while never connected or when ``dest`` is a UDP address;
+        while reconnecting, the client buffers it and publishes after the failover.
+        Raises TransferError only after :meth:`close`."""
         if self._closed:
             raise TransferError("link is not open")
         if dest is GROUP:
             subject = group_subject(self.options.prefix, self.options.site, data)
         elif is_nats_address(dest):
             subject = f"{self.options.prefix}.ep.{dest[0][len(NATS_HOST_PREFIX):]}"
-        else:
-            raise TransferError("a NATS link cannot send to a UDP address", host=dest[0])
+        else:  # a UDP (ip, port): not reachable from here; never raised into the driver
+            self.stats.dropped["udp destination"] += 1
+            return
         client = self._client
         if client is None or not self._subscribed or client.is_closed:
             self.stats.dropped["not connected"] += 1
