@@ -33,6 +33,7 @@ __all__ = [
     "parse_network",
     "parse_transport_file",
     "read_fleet_key",
+    "subject_token",
 ]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -126,6 +127,11 @@ class TransportSettings:
     connect_timeout_s: float = 2.0
     reconnect_wait_s: float = 0.5  # first retry after a lost connection; doubles …
     reconnect_max_s: float = 10.0  # … up to this
+    # The rack's subject token (docs/protocol.md, "Subjects"); None: the agent's topology
+    # label as a token (filled in by AgentConfig), or no rack at all (the console).
+    rack: str | None = None
+    # How much later a racked link hears a SOLICIT from another rack than from its own.
+    rack_first_delay_s: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -237,6 +243,14 @@ class AgentConfig:
         """The ``[transport]`` table (stored in ``network.transport``)."""
         return self.network.transport
 
+    def __post_init__(self) -> None:
+        # A NATS agent without ``[transport] rack`` is in the rack its topology label names.
+        t = self.network.transport
+        if t.kind != "udp" and t.rack is None and self.topology:
+            rack = dataclasses.replace(t, rack=subject_token(self.topology))
+            object.__setattr__(self, "network",
+                               dataclasses.replace(self.network, transport=rack))
+
 
 def _fleet_floors(value: object) -> dict[str, int]:
     if not isinstance(value, dict) or not all(
@@ -309,6 +323,11 @@ _NATS_URL = re.compile(r"^(nats|tls)://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,4
 MAX_NATS_SERVERS = 16
 
 
+def subject_token(label: str) -> str:
+    """One NATS subject token from a topology label: ``.``, ``/``, ``:`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", label)[:64] or "_"
+
+
 def _subject_prefix(value: str) -> str:
     tokens = value.split(".")
     if not 1 <= len(tokens) <= 8 or not all(_SUBJECT_TOKEN.match(t) for t in tokens):
@@ -355,6 +374,8 @@ def _transport(s: _Section, base: Path) -> TransportSettings:
         connect_timeout_s=s.get_float("connect_timeout_s", d.connect_timeout_s, 0.1, 60.0),
         reconnect_wait_s=s.get_float("reconnect_wait_s", d.reconnect_wait_s, 0.05, 60.0),
         reconnect_max_s=s.get_float("reconnect_max_s", d.reconnect_max_s, 0.05, 600.0),
+        rack=s.get_str("rack"),
+        rack_first_delay_s=s.get_float("rack_first_delay_s", d.rack_first_delay_s, 0.0, 2.0),
     )
     s.done()
     check_transport(result)
@@ -368,6 +389,11 @@ def check_transport(t: TransportSettings) -> None:
     if not _SUBJECT_TOKEN.match(t.site):
         raise ConfigError("transport.site must be one subject token of [A-Za-z0-9_-]",
                           value=t.site)
+    if t.site == "ep":
+        raise ConfigError("transport.site \"ep\" is reserved (unicast subjects P.ep.*)")
+    if t.rack is not None and not _SUBJECT_TOKEN.match(t.rack):
+        raise ConfigError("transport.rack must be one subject token of [A-Za-z0-9_-]",
+                          value=t.rack)
     _subject_prefix(t.subject_prefix)
     if (t.user is None) != (t.password is None):
         raise ConfigError("transport.user and transport.password go together")

@@ -96,8 +96,8 @@ async def test_forged_replayed_oversize_and_unaddressed_nats_messages_change_not
         assert isinstance(ack, DonorAcked) and recipient.state is RecipientState.BOUND
         await asyncio.sleep(0.3)  # let the tap see the whole exchange
         subjects = {m.subject for m in captured}
-        assert f"{PREFIX}.{SITE}.solicit.bios.board-a" in subjects
-        assert f"{PREFIX}.{SITE}.offer.bios" in subjects
+        assert f"{PREFIX}.{SITE}._.solicit.bios.board-a" in subjects
+        assert f"{PREFIX}.{SITE}._.offer.bios" in subjects
         assert f"{PREFIX}.ep.{recipient_link.endpoint}" in subjects  # the ACK, unicast
         granted = sum(isinstance(e, ReservationGranted) for e in donor_events)
         assert granted == 1 and donor.reservations == 1
@@ -112,16 +112,16 @@ async def test_forged_replayed_oversize_and_unaddressed_nats_messages_change_not
                          min_security_version=3, topology=None, declined=())
         evil_inbox = f"{PREFIX}.ep.{'e' * 32}"
         for codec in (Codec(b"not-the-fleet-key-but-long-enough"), Codec()):
-            await spy.publish(f"{PREFIX}.{SITE}.solicit.bios.board-a",
+            await spy.publish(f"{PREFIX}.{SITE}._.solicit.bios.board-a",
                               codec.encode(forged, time.time()), reply=evil_inbox)
         # 3. oversize, no reply subject, a malformed reply subject, garbage
         genuine = Codec(KEY).encode(forged, time.time())
-        await spy.publish(f"{PREFIX}.{SITE}.solicit.bios.board-a", b"\0" * 1300,
+        await spy.publish(f"{PREFIX}.{SITE}._.solicit.bios.board-a", b"\0" * 1300,
                           reply=evil_inbox)
-        await spy.publish(f"{PREFIX}.{SITE}.solicit.bios.board-a", genuine)
-        await spy.publish(f"{PREFIX}.{SITE}.solicit.bios.board-a", genuine,
+        await spy.publish(f"{PREFIX}.{SITE}._.solicit.bios.board-a", genuine)
+        await spy.publish(f"{PREFIX}.{SITE}._.solicit.bios.board-a", genuine,
                           reply=f"{PREFIX}.ep.not-hex")
-        await spy.publish(f"{PREFIX}.{SITE}.accept", b"FWRN garbage", reply=evil_inbox)
+        await spy.publish(f"{PREFIX}.{SITE}._.accept", b"FWRN garbage", reply=evil_inbox)
         await spy.flush()
         await asyncio.sleep(0.5)
 
@@ -328,3 +328,54 @@ async def test_a_dual_stack_donor_serves_a_multicast_only_and_a_nats_only_recipi
         assert donor.reservations == 2
         # the NATS-only recipient heard the donor's OFFER over NATS, the other by multicast
         assert nats_only.stats.received > 0 and dual.multicast_sends > 0
+
+
+@pytest.mark.timeout(60)
+async def test_a_racks_solicit_reaches_its_rack_first_and_the_whole_site_and_leaf_node(
+        tmp_path: Path, nats_cluster: NatsCluster) -> None:  # noqa: F811
+    def racked(urls: list[str], rack: str | None) -> NatsLink:
+        return NatsLink(NatsOptions.from_settings(TransportSettings(
+            kind="nats", nats_servers=tuple(urls), subject_prefix=PREFIX, site=SITE,
+            rack=rack, rack_first_delay_s=0.05)))
+
+    leaf = NatsCluster(tmp_path / "leaf", size=1, leaf_of=nats_cluster).start()
+    links = {"recipient": racked(nats_cluster.urls[:1], "r1"),
+             "same rack": racked(nats_cluster.urls[1:2], "r1"),
+             "other rack": racked(nats_cluster.urls[2:3], "r2"),
+             "console on the leaf": racked(leaf.urls, None)}
+    heard: dict[str, list[tuple[bytes, tuple[str, int]]]] = {n: [] for n in links}
+    taps: dict[str, list[str]] = {"P.lab.r1.>": [], "P.lab.r2.>": [], "P.*.*.>": []}
+    spy = await nats.connect(nats_cluster.urls[0])
+    try:
+        for pattern, seen in taps.items():
+            async def tap(msg: Msg, seen: list[str] = seen) -> None:
+                seen.append(msg.subject)
+            await spy.subscribe(pattern.replace("P", PREFIX, 1), cb=tap)
+        await spy.flush()
+        for name, link in links.items():
+            await link.open(lambda data, source, name=name: heard[name].append((data, source)))
+        assert all(link.connected for link in links.values())
+        solicit = Solicit(xid=11, recipient_id="rcp-1", target="bios",
+                          machine_name="board-a", installed_version=None, security_version=0,
+                          min_security_version=3, topology="r1", declined=())
+        data = Codec(KEY).encode(solicit, time.time())
+        links["recipient"].send(data, GROUP)
+        for _ in range(200):  # bounded: a few round trips through the cluster and leaf
+            if all(heard[n] for n in links if n != "recipient") and taps["P.*.*.>"]:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await spy.close()
+        for link in links.values():
+            link.close()
+            await link.wait_closed()
+        leaf.stop()
+
+    subject = f"{PREFIX}.{SITE}.r1.solicit.bios.board-a"
+    source = links["recipient"].local_address
+    for name in ("same rack", "other rack", "console on the leaf"):
+        assert heard[name] == [(data, source)], name
+    # only a racked link of another rack defers it: its own rack and the console don't
+    assert [links[n].stats.deferred for n in links] == [0, 0, 1, 0]
+    assert taps["P.lab.r1.>"] == [subject] and taps["P.*.*.>"] == [subject]
+    assert taps["P.lab.r2.>"] == []

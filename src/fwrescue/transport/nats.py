@@ -5,17 +5,23 @@ The payload is exactly the UDP datagram (same :class:`~fwrescue.protocol.codec.C
 size cap, strict decode, HMAC, replay window); NATS only carries it. Subjects
 (``P`` = ``subject_prefix``, ``S`` = ``site``; docs/protocol.md, "NATS transport")::
 
-    P.S.solicit.<target>.<board>   SOLICIT (to the group)
-    P.S.offer.<target>             OFFER   (to the group, so other donors overhear)
-    P.S.<type>                     any other group message (accept, report, ...)
-    P.ep.<endpoint>                unicast to one endpoint (ACK/NAK/DECLINE/RELEASE)
+    P.S.R.solicit.<target>.<board>   SOLICIT (to the group)
+    P.S.R.offer.<target>             OFFER   (to the group, so other donors overhear)
+    P.S.R.<type>                     any other group message (accept, report, ...)
+    P.ep.<endpoint>                  unicast to one endpoint (ACK/NAK/DECLINE/RELEASE)
 
-Every link subscribes to ``P.S.>`` and to its own ``P.ep.<endpoint>``, where
+``R`` is the *sender's* rack (``_`` for a link in no rack, e.g. a console). Every link
+subscribes to ``P.S.>`` — its whole site, every rack — and to its own ``P.ep.<endpoint>``;
+a fleet-wide observer may subscribe to ``P.*.*.>``. *Rack first*: a link in a rack hands
+a SOLICIT published by another rack to its session ``rack_first_delay_s`` later than one
+of its own rack (counted in ``stats.deferred``), so the rack's idle donors offer first and
+the donors' duplicate-answer suppression keeps the rest of the site quiet when the rack
+can serve; the site still hears and answers every SOLICIT. ``<endpoint>`` is
 ``<endpoint>`` is 32 random hex digits drawn when the link opens. Each publish carries
 the sender's endpoint subject as its NATS *reply* subject: that is the sender's address,
 ``("nats:<endpoint>", 0)`` to the sessions, like a UDP source address. The group
-subject is chosen from the (unauthenticated) message body only for routing; receivers
-authenticate the payload, never the subject.
+subject is chosen from the (unauthenticated) message body only for routing, and the rack
+it names only orders delivery; receivers authenticate the payload, never the subject.
 
 Bad input: a payload over :data:`~fwrescue.protocol.codec.MAX_DATAGRAM` or a message
 without a well-formed reply subject is dropped and counted in :attr:`NatsLink.stats`
@@ -63,6 +69,8 @@ log = logging.getLogger(__name__)
 #: the host part of a NATS endpoint's synthetic address ``("nats:<endpoint>", 0)``
 NATS_HOST_PREFIX = "nats:"
 _ENDPOINT = re.compile(r"[0-9a-f]{32}")
+#: the rack token of a link in no rack
+NO_RACK = "_"
 _TOKEN_SAFE = re.compile(r"[^A-Za-z0-9_-]")
 _HEADER = struct.Struct("!4sBBH")  # the codec's header: magic, version, flags, body length
 
@@ -78,8 +86,10 @@ def _token(value: object) -> str:
     return text or "_"
 
 
-def group_subject(prefix: str, site: str, data: bytes) -> str:
-    """The group subject for one encoded message (routing only; never trusted)."""
+def group_subject(prefix: str, site: str, data: bytes, rack: str | None = None) -> str:
+    """The group subject for one encoded message from a link in ``rack`` (routing only;
+    never trusted)."""
+    scope = f"{prefix}.{site}.{rack or NO_RACK}"
     kind, body = "other", None
     try:
         _, _, _, length = _HEADER.unpack_from(data)
@@ -89,11 +99,11 @@ def group_subject(prefix: str, site: str, data: bytes) -> str:
     if isinstance(body, dict) and isinstance(body.get("t"), str):
         kind = _token(body["t"])
         if kind == "solicit":
-            return (f"{prefix}.{site}.solicit.{_token(body.get('target'))}."
+            return (f"{scope}.solicit.{_token(body.get('target'))}."
                     f"{_token(body.get('machine_name'))}")
         if kind == "offer":
-            return f"{prefix}.{site}.offer.{_token(body.get('target'))}"
-    return f"{prefix}.{site}.{kind}"
+            return f"{scope}.offer.{_token(body.get('target'))}"
+    return f"{scope}.{kind}"
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,8 @@ class NatsOptions:
     reconnect_max_s: float
     tls: ssl.SSLContext | None
     credentials: dict[str, str]
+    rack: str | None = None
+    rack_first_delay_s: float = 0.0
 
     @classmethod
     def from_settings(cls, t: TransportSettings) -> NatsOptions:
@@ -122,7 +134,8 @@ class NatsOptions:
         return cls(servers=t.nats_servers, prefix=t.subject_prefix, site=t.site,
                    connect_timeout_s=t.connect_timeout_s,
                    reconnect_wait_s=t.reconnect_wait_s, reconnect_max_s=t.reconnect_max_s,
-                   tls=_tls_context(t), credentials=credentials)
+                   tls=_tls_context(t), credentials=credentials, rack=t.rack,
+                   rack_first_delay_s=t.rack_first_delay_s)
 
 
 def _nkey_seed(t: TransportSettings) -> str:
@@ -167,6 +180,7 @@ class NatsLinkStats:
     dropped: Counter[str] = field(default_factory=Counter)
     disconnects: int = 0
     reconnects: int = 0
+    deferred: int = 0  # SOLICITs from another rack, handed over rack_first_delay_s later
 
 
 class NatsLink:
@@ -243,7 +257,8 @@ class NatsLink:
         if self._closed:
             raise TransferError("link is not open")
         if dest is GROUP:
-            subject = group_subject(self.options.prefix, self.options.site, data)
+            subject = group_subject(self.options.prefix, self.options.site, data,
+                                    self.options.rack)
         elif is_nats_address(dest):
             subject = f"{self.options.prefix}.ep.{dest[0][len(NATS_HOST_PREFIX):]}"
         else:  # a UDP (ip, port): not reachable from here; never raised into the driver
@@ -316,8 +331,27 @@ class NatsLink:
             self.stats.dropped["bad reply subject"] += 1
             return
         self.stats.received += 1
+        data, source = bytes(msg.data), (NATS_HOST_PREFIX + endpoint, 0)
+        if self._from_another_rack(msg.subject):
+            self.stats.deferred += 1
+            asyncio.get_running_loop().call_later(
+                self.options.rack_first_delay_s, self._hand_over, data, source)
+            return
+        self._hand_over(data, source)
+
+    def _hand_over(self, data: bytes, source: Address) -> None:
         if self._deliver is not None and not self._closed:
-            self._deliver(bytes(msg.data), (NATS_HOST_PREFIX + endpoint, 0))
+            self._deliver(data, source)
+
+    def _from_another_rack(self, subject: str) -> bool:
+        """Whether ``subject`` is a SOLICIT of another rack of this link's site (and this
+        link, being in a rack, lets its own rack answer first)."""
+        o = self.options
+        if o.rack is None or o.rack_first_delay_s <= 0:
+            return False
+        tokens = subject[len(o.prefix) + 1:].split(".")
+        return (subject.startswith(o.prefix + ".") and len(tokens) >= 3
+                and tokens[0] == o.site and tokens[2] == "solicit" and tokens[1] != o.rack)
 
     async def _on_error(self, error: Exception) -> None:
         if isinstance(error, nats.errors.AuthorizationError) or "uthorization" in str(error):

@@ -44,6 +44,9 @@ def test_a_nats_table_parses_and_picks_the_link(tmp_path: Path) -> None:
     (NATS + 'subject_prefix = "a..b"\n', "subject_prefix"),
     (NATS + 'site = "row.7"\n', "transport.site"),
     (NATS + 'site = ">"\n', "transport.site"),
+    (NATS + 'site = "ep"\n', "is reserved"),
+    (NATS + 'rack = "r.1"\n', "transport.rack must be one subject token"),
+    (NATS + 'rack_first_delay_s = 5\n', "rack_first_delay_s out of range"),
     ('[transport]\nkind = "nats"\nnats_servers = ["http://127.0.0.1:4222"]\n', "nats://"),
     ('[transport]\nkind = "nats"\nnats_servers = ["nats://u:p@127.0.0.1:4222"]\n', "nats://"),
     ('[transport]\nkind = "nats"\nnats_servers = "nats://127.0.0.1:4222"\n', "list of URLs"),
@@ -92,5 +95,19 @@ def test_group_subjects_route_by_type_target_and_board() -> None:
                       installed_version=None, security_version=0, min_security_version=0,
                       topology=None, declined=())
     data = Codec().encode(solicit, 1000.0)
-    assert group_subject("fwrescue.v1", "s1", data) == "fwrescue.v1.s1.solicit.bios.board_a"
-    assert group_subject("fwrescue.v1", "s1", b"garbage") == "fwrescue.v1.s1.other"
+    assert group_subject("fwrescue.v1", "s1", data) == "fwrescue.v1.s1._.solicit.bios.board_a"
+    assert group_subject("fwrescue.v1", "s1", data, "r-3") == \
+        "fwrescue.v1.s1.r-3.solicit.bios.board_a"
+    assert group_subject("fwrescue.v1", "s1", b"garbage") == "fwrescue.v1.s1._.other"
+
+
+def test_the_rack_comes_from_transport_rack_or_the_topology_label_and_udp_is_unchanged(
+        tmp_path: Path) -> None:
+    from_topology = load_config(write(tmp_path, GOOD.replace('"rack1"', '"row2/rack.7"')
+                                      + NATS))
+    assert from_topology.transport.rack == "row2_rack_7"
+    explicit = load_config(write(tmp_path, GOOD + NATS + 'rack = "r-9"\n'))
+    assert explicit.transport.rack == "r-9"
+    assert NatsOptions.from_settings(explicit.transport).rack == "r-9"
+    udp = load_config(write(tmp_path, GOOD))
+    assert udp.transport.rack is None and udp.network == NetworkSettings(port=17777)
