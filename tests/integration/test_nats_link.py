@@ -10,6 +10,7 @@ import dataclasses
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -169,6 +170,50 @@ async def test_rejected_credentials_are_a_clear_error_at_start_and_good_ones_con
         await good.open(lambda data, source: None)
         try:
             assert good.connected
+        finally:
+            good.close()
+            await good.wait_closed()
+
+
+def _user_nkey(path: Path) -> str:
+    """A fresh nkey user pair: its seed (``SU…``) written to ``path``, its public key."""
+    import os
+
+    import nkeys  # type: ignore[import-untyped]
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    path.write_bytes(seed + b"\n")
+    return str(nkeys.from_seed(seed).public_key.decode())
+
+
+@pytest.mark.timeout(30)
+async def test_an_nkey_user_connects_to_a_real_server_and_an_unknown_nkey_is_refused(
+        tmp_path: Path) -> None:
+    known = _user_nkey(tmp_path / "bmc.nk")
+    _user_nkey(tmp_path / "stranger.nk")  # a well-formed user seed the servers don't know
+    assert known.startswith("U")
+    with NatsCluster(tmp_path / "nkey", size=1, nkey_users=[known]) as cluster:
+        assert f'{{nkey: "{known}"}}' in cluster.nodes[0].config.read_text()
+
+        def link(**credentials: Any) -> NatsLink:
+            return NatsLink(NatsOptions.from_settings(TransportSettings(
+                kind="nats", nats_servers=tuple(cluster.urls), subject_prefix=PREFIX,
+                site=SITE, **credentials)))
+
+        for refused in (link(nkey_seed_file=tmp_path / "stranger.nk"), link()):
+            with pytest.raises(ConfigError, match="rejected this agent's credentials"):
+                await refused.open(lambda data, source: None)
+        good = link(nkey_seed_file=tmp_path / "bmc.nk")
+        heard: list[bytes] = []
+        await good.open(lambda data, source: heard.append(data))
+        try:
+            assert good.connected
+            good.send(b"FWRN signed-in", GROUP)  # the server lets it publish and subscribe
+            for _ in range(100):  # bounded: one round trip
+                if heard:
+                    break
+                await asyncio.sleep(0.02)
+            assert heard == [b"FWRN signed-in"]
         finally:
             good.close()
             await good.wait_closed()

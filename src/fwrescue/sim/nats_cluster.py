@@ -10,7 +10,8 @@ port) and kills them again on :meth:`stop` (each by its own pid) or on leaving t
 the readiness probe, inside a network namespace. Every node also accepts leafnode
 connections; ``NatsCluster(root, size=1, leaf_of=cluster)`` is a leaf node of
 ``cluster`` (a site's own server, e.g. where its console sits), ready once its leafnode
-connection is up (``/leafz``).
+connection is up (``/leafz``). ``users`` (name, password) and ``nkey_users`` (public user
+nkeys, ``U…``) make the servers require credentials.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class NatsCluster:
 
     def __init__(self, root: Path, *, size: int = 3, hosts: Sequence[str] | None = None,
                  exec_prefix: Sequence[str] = (), fixed_ports: bool = False,
-                 users: Sequence[tuple[str, str]] = (), max_payload: int = 4096,
+                 users: Sequence[tuple[str, str]] = (), nkey_users: Sequence[str] = (),
+                 max_payload: int = 4096,
                  tls: tuple[Path, Path] | None = None,
                  leaf_of: NatsCluster | None = None) -> None:
         if not 1 <= size <= 9:
@@ -93,6 +95,7 @@ class NatsCluster:
             raise ConfigError("one host address per node", size=size, hosts=len(self.hosts))
         self.exec_prefix = list(exec_prefix)
         self.users = list(users)
+        self.nkey_users = list(nkey_users)  # public user nkeys (U…) the servers accept
         self.max_payload = max_payload
         self.tls = tls  # (certificate, key): clients must then speak TLS
         # A leaf node (e.g. one per site, the console's): no cluster of its own, a
@@ -132,10 +135,11 @@ class NatsCluster:
     def _config(self, node: NatsNode, routes: list[str]) -> str:
         others = [r for r in routes if not r.endswith(f"{node.host}:{node.cluster_port}")]
         auth = ""
-        if self.users:
-            entries = ", ".join(f"{{user: {json.dumps(u)}, password: {json.dumps(p)}}}"
-                                for u, p in self.users)
-            auth = f"authorization {{ users: [ {entries} ] }}\n"
+        if self.users or self.nkey_users:
+            entries = [f"{{user: {json.dumps(u)}, password: {json.dumps(p)}}}"
+                       for u, p in self.users]
+            entries += [f"{{nkey: {json.dumps(k)}}}" for k in self.nkey_users]
+            auth = f"authorization {{ users: [ {', '.join(entries)} ] }}\n"
         if self.tls is not None:
             cert, key = self.tls
             auth += (f"tls {{ cert_file: {json.dumps(str(cert))}, "
