@@ -132,6 +132,9 @@ class TransportSettings:
     rack: str | None = None
     # How much later a racked link hears a SOLICIT from another rack than from its own.
     rack_first_delay_s: float = 0.1
+    # The NATS connection's name (None: "fwrescue"; AgentConfig fills in the node id). One
+    # connection per event loop and TransportSettings: so one per agent (transport/nats.py).
+    connection_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,12 +247,16 @@ class AgentConfig:
         return self.network.transport
 
     def __post_init__(self) -> None:
-        # A NATS agent without ``[transport] rack`` is in the rack its topology label names.
+        # A NATS agent without ``[transport] rack`` is in the rack its topology label names;
+        # its connection is named (and so, per process, kept apart) by its node id.
         t = self.network.transport
-        if t.kind != "udp" and t.rack is None and self.topology:
-            rack = dataclasses.replace(t, rack=subject_token(self.topology))
+        if t.kind != "udp" and (t.connection_name is None or
+                                (t.rack is None and self.topology)):
+            own = dataclasses.replace(
+                t, rack=t.rack or (subject_token(self.topology) if self.topology else None),
+                connection_name=t.connection_name or self.node_id)
             object.__setattr__(self, "network",
-                               dataclasses.replace(self.network, transport=rack))
+                               dataclasses.replace(self.network, transport=own))
 
 
 def _fleet_floors(value: object) -> dict[str, int]:

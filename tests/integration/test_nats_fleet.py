@@ -187,3 +187,61 @@ host = {{ kind = "virtual", boot_timeout = 5 }}
     assert done.returncode == 2
     assert "error: the NATS server rejected this agent's credentials" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _connz(cluster: NatsCluster) -> list[dict[str, object]]:
+    """Every connection, open or closed, the cluster's servers have seen."""
+    import json
+    import urllib.request
+
+    seen: list[dict[str, object]] = []
+    for node in cluster.nodes:
+        url = f"http://{node.host}:{node.http_port}/connz?state=all&limit=1024"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            seen += json.load(response).get("connections") or []
+    return seen
+
+
+@pytest.mark.timeout(60)
+async def test_an_agent_fetches_over_its_one_nats_connection_not_one_per_fetch(
+        tmp_path: Path, nats_cluster: NatsCluster,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    network = nats_network(nats_cluster)
+    plan = build_fleet(tmp_path / "fleet", nodes=2, boards=1, image_size=128 * 1024,
+                       network=network, timers=TimerSettings(startup_jitter=0.1,
+                                                             offer_window=0.3))
+    recipient, donor = plan.nodes
+    corrupt_node(recipient)
+    fetch_links: list[NatsLink] = []
+    real_open_link = fwrescue.recovery.network.open_link
+
+    def spy_open_link(settings: NetworkSettings) -> Link:
+        link = real_open_link(settings)
+        assert isinstance(link, NatsLink)
+        fetch_links.append(link)
+        return link
+
+    monkeypatch.setattr(fwrescue.recovery.network, "open_link", spy_open_link)
+    agents = [Agent(recipient.config), Agent(donor.config)]
+    try:
+        await agents[1].start()
+        await agents[0].start(run_startup_checks=False)
+        result = await asyncio.wait_for(agents[0].recover("bios", "test: corrupted"), 30)
+        seen = _connz(nats_cluster)  # while both agents still run
+    finally:
+        for agent in agents:
+            await agent.stop()
+
+    assert result.ok and result.donor_id == donor.node_id, result.reason
+    (fetch_link,) = fetch_links
+    connection = fetch_link.connection
+    # the fetch's link and the donor service's link: two links, one connection
+    assert connection is not None and connection.opened == 2
+    assert connection.options.name == recipient.node_id
+    by_name = {name: [c for c in seen if c.get("name") == name]
+               for name in (recipient.node_id, donor.node_id)}
+    # the servers saw each agent connect exactly once, and never close a fetch's connection
+    assert [len(v) for v in by_name.values()] == [1, 1], by_name
+    assert all(c.get("reason") in (None, "") for v in by_name.values() for c in v)
+    genuine = plan.newest("board-a").image.read_bytes()
+    assert recipient.flash_path.read_bytes()[:len(genuine)] == genuine

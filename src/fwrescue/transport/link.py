@@ -16,6 +16,11 @@ the recipient, the donor service and the console never name a transport class:
   delivers from both — a bridge-free dual stack. A message heard twice is dropped by the
   codec's replay cache (same sender, same nonce), so sessions see it once.
 
+Every NATS link opened here shares its event loop's connection for the same
+``[transport]`` settings, which name the agent (``connection_name``, its node id): the
+donor service and every fetch of one agent use one NATS connection
+(:mod:`fwrescue.transport.nats_connection`).
+
 A unicast destination goes out on the link it names: ``("nats:<endpoint>", 0)`` over
 NATS, an ``(ip, port)`` by UDP. Replies therefore follow the path the request came by.
 """
@@ -140,7 +145,8 @@ def open_link(network: NetworkSettings) -> Link:
         return udp
     from fwrescue.transport.nats import NatsLink, NatsOptions
 
-    nats = NatsLink(NatsOptions.from_settings(transport))
+    # one connection per event loop and [transport] (which names the agent): per agent
+    nats = NatsLink(NatsOptions.from_settings(transport), share=transport)
     if transport.kind == "nats" and not transport.multicast_fallback:
         return nats
     return DualLink(nats, udp, always_multicast=transport.kind == "both")

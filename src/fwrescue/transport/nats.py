@@ -27,8 +27,10 @@ Bad input: a payload over :data:`~fwrescue.protocol.codec.MAX_DATAGRAM` or a mes
 without a well-formed reply subject is dropped and counted in :attr:`NatsLink.stats`
 before the session sees it; everything else is decoded and counted by the session.
 
-Connection: :meth:`NatsLink.open` waits at most ``connect_timeout_s`` for a first
-connection and then keeps trying in the background; a lost connection is retried with
+Connection (:mod:`fwrescue.transport.nats_connection`, shared by the links of one agent
+when opened through ``open_link``): :meth:`NatsLink.open` waits at most
+``connect_timeout_s`` for a first connection and its subscriptions, then goes on while
+the connection keeps trying in the background; a lost connection is retried with
 exponential backoff (``reconnect_wait_s`` doubling to ``reconnect_max_s``, with jitter)
 against every server of the cluster. The link never raises because a broker is down;
 :attr:`NatsLink.connected` says whether it can carry a message now (the fallback link
@@ -45,22 +47,21 @@ import logging
 import random
 import re
 import secrets
-import ssl
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
-from fwrescue.config import TransportSettings, check_transport
 from fwrescue.errors import ConfigError, TransferError
 from fwrescue.protocol.codec import MAX_DATAGRAM
 from fwrescue.protocol.session import GROUP, Address, Destination
+from fwrescue.transport.nats_connection import NatsConnection, NatsOptions, log_task_error
 
 __all__ = ["NATS_HOST_PREFIX", "NatsLink", "NatsOptions", "group_subject", "is_nats_address"]
 
@@ -106,74 +107,10 @@ def group_subject(prefix: str, site: str, data: bytes, rack: str | None = None) 
     return f"{scope}.{kind}"
 
 
-@dataclass(frozen=True)
-class NatsOptions:
-    """Validated connection options; :meth:`from_settings` raises ConfigError."""
-
-    servers: tuple[str, ...]
-    prefix: str
-    site: str
-    connect_timeout_s: float
-    reconnect_wait_s: float
-    reconnect_max_s: float
-    tls: ssl.SSLContext | None
-    credentials: dict[str, str]
-    rack: str | None = None
-    rack_first_delay_s: float = 0.0
-
-    @classmethod
-    def from_settings(cls, t: TransportSettings) -> NatsOptions:
-        check_transport(t)
-        if not t.nats_servers:
-            raise ConfigError("the NATS transport needs transport.nats_servers")
-        credentials: dict[str, str] = {}
-        if t.user is not None and t.password is not None:
-            credentials = {"user": t.user, "password": t.password}
-        if t.nkey_seed_file is not None:
-            credentials = {"nkeys_seed_str": _nkey_seed(t)}
-        return cls(servers=t.nats_servers, prefix=t.subject_prefix, site=t.site,
-                   connect_timeout_s=t.connect_timeout_s,
-                   reconnect_wait_s=t.reconnect_wait_s, reconnect_max_s=t.reconnect_max_s,
-                   tls=_tls_context(t), credentials=credentials, rack=t.rack,
-                   rack_first_delay_s=t.rack_first_delay_s)
-
-
-def _nkey_seed(t: TransportSettings) -> str:
-    import nkeys  # type: ignore[import-untyped]
-
-    assert t.nkey_seed_file is not None
-    try:
-        if t.nkey_seed_file.stat().st_size > 4096:
-            raise ConfigError("transport.nkey_seed_file is too large for a seed",
-                              path=str(t.nkey_seed_file))
-        seed = t.nkey_seed_file.read_text("ascii").strip()
-        nkeys.from_seed(seed.encode()).public_key  # noqa: B018 - decodes and checks the CRC
-    except (OSError, UnicodeDecodeError, nkeys.NkeysError, ValueError) as e:
-        raise ConfigError("transport.nkey_seed_file does not hold an nkey user seed",
-                          path=str(t.nkey_seed_file), detail=type(e).__name__) from e
-    if not seed.startswith("SU"):
-        raise ConfigError("transport.nkey_seed_file must hold a user seed (SU...)",
-                          path=str(t.nkey_seed_file))
-    return seed
-
-
-def _tls_context(t: TransportSettings) -> ssl.SSLContext | None:
-    wants_tls = any(u.startswith("tls://") for u in t.nats_servers)
-    if not (wants_tls or t.tls_ca_file or t.tls_cert_file):
-        return None
-    try:
-        context = ssl.create_default_context(
-            cafile=str(t.tls_ca_file) if t.tls_ca_file else None)
-        if t.tls_cert_file is not None and t.tls_key_file is not None:
-            context.load_cert_chain(str(t.tls_cert_file), str(t.tls_key_file))
-    except (OSError, ssl.SSLError, ValueError) as e:
-        raise ConfigError("cannot load the NATS TLS files", detail=str(e)) from e
-    return context
-
-
 @dataclass
 class NatsLinkStats:
-    """What this link dropped before a session saw it, and how its connection fared."""
+    """What this link dropped before a session saw it, and how its connection fared while
+    the link was attached."""
 
     received: int = 0
     sent: int = 0
@@ -184,22 +121,27 @@ class NatsLinkStats:
 
 
 class NatsLink:
-    """A datagram link over a NATS cluster (see the module docstring)."""
+    """A datagram link over a NATS cluster (see the module docstring).
 
-    def __init__(self, options: NatsOptions, *, name: str = "fwrescue",
+    ``share`` (as :func:`~fwrescue.transport.link.open_link` passes it: the agent's
+    ``TransportSettings``) attaches the link to the event loop's shared
+    :class:`~fwrescue.transport.nats_connection.NatsConnection` for that key, so the links
+    of one agent use one connection; without it the link has a connection of its own.
+    """
+
+    def __init__(self, options: NatsOptions, *, share: Hashable | None = None,
                  rng: random.Random | None = None) -> None:
         self.options = options
         self.endpoint = secrets.token_hex(16)
         self.stats = NatsLinkStats()
-        self._name = name
-        self._rng = rng or random.Random()
-        self._client: Client | None = None
+        self._share = share
+        self._rng = rng
+        self.connection: NatsConnection | None = None
         self._deliver: Callable[[bytes, Address], None] | None = None
-        self._connector: asyncio.Task[None] | None = None
-        self._closing: asyncio.Future[None] | None = None
-        self._auth_failed: asyncio.Future[str] | None = None
+        self._subscriptions: list[Subscription] = []
+        self._subscribed = asyncio.Event()
+        self._releasing: asyncio.Future[None] | None = None
         self._closed = False
-        self._subscribed = False
 
     @property
     def inbox(self) -> str:
@@ -211,42 +153,56 @@ class NatsLink:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and self._client.is_connected and self._subscribed
+        return (self.connection is not None and self.connection.connected
+                and self._subscribed.is_set())
 
     @property
     def connected_url(self) -> str | None:
-        client = self._client
-        if client is None or not client.is_connected or client.connected_url is None:
-            return None
-        return str(client.connected_url.geturl())
+        return None if self.connection is None else self.connection.connected_url
 
     async def open(self, deliver: Callable[[bytes, Address], None]) -> None:
-        """Start connecting; wait up to ``connect_timeout_s`` for the first connection.
+        """Attach to the connection; wait up to ``connect_timeout_s`` until subscribed.
 
-        Never raises because no broker answers (the link keeps trying in the background);
-        raises ConfigError if a server rejects the credentials.
+        Never raises because no broker answers (the connection keeps trying in the
+        background); raises ConfigError if a server rejects the credentials.
         """
         self._deliver = deliver
-        loop = asyncio.get_running_loop()
-        self._auth_failed = loop.create_future()
-        self._connector = asyncio.create_task(self._connect())
-        self._connector.add_done_callback(_log_publish_error)
-        waiter: asyncio.Future[Any] = asyncio.ensure_future(asyncio.shield(self._connector))
-        failed: asyncio.Future[Any] = self._auth_failed
-        done, _ = await asyncio.wait({waiter, failed},
-                                     timeout=self.options.connect_timeout_s,
+        if self._share is None:
+            self.connection = NatsConnection(self.options, rng=self._rng)
+        else:
+            self.connection = NatsConnection.shared(self._share, self.options)
+        self.connection.attach(self)
+        ready: asyncio.Future[Any] = asyncio.ensure_future(self._subscribed.wait())
+        failed = self.connection.auth_failed
+        assert failed is not None
+        waiters: set[asyncio.Future[Any]] = {ready, failed}
+        done, _ = await asyncio.wait(waiters, timeout=self.options.connect_timeout_s,
                                      return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if self._auth_failed in done:
-            detail = self._auth_failed.result()
+        ready.cancel()
+        if failed in done:
             self.close()
             await self.wait_closed()
             raise ConfigError("the NATS server rejected this agent's credentials "
                               "(check transport.user/password or nkey_seed_file)",
-                              detail=detail)
+                              detail=failed.result())
         if not self.connected:
             log.warning("no NATS server of %s reachable yet; retrying in the background",
                         ",".join(self.options.servers))
+
+    async def subscribe(self, client: Client) -> None:
+        """Called by the connection once it is up: subscribe this link's subjects (nats-py
+        replays them on every server it fails over to)."""
+        if self._closed or self._subscribed.is_set() or self._subscriptions:
+            return
+        o = self.options
+        for subject in (f"{o.prefix}.{o.site}.>", self.inbox):
+            self._subscriptions.append(await client.subscribe(subject, cb=self._on_message))
+        try:  # the server has our interest before our first publish
+            await client.flush(timeout=max(1, round(o.connect_timeout_s)))
+        except (TimeoutError, nats.errors.Error) as e:
+            log.debug("NATS link %s: flush after subscribing: %s", self.endpoint[:8], e)
+        self._subscribed.set()
+        log.info("NATS link %s subscribed at %s", self.endpoint[:8], self.connected_url)
 
     def send(self, data: bytes, dest: Destination) -> None:
         """Publish ``data`` to the group subject or to a NATS endpoint's inbox.
@@ -264,64 +220,43 @@ class NatsLink:
         else:  # a UDP (ip, port): not reachable from here; never raised into the driver
             self.stats.dropped["udp destination"] += 1
             return
-        client = self._client
-        if client is None or not self._subscribed or client.is_closed:
+        client = None if self.connection is None else self.connection.client
+        if client is None or not self._subscribed.is_set() or client.is_closed:
             self.stats.dropped["not connected"] += 1
             return
         self.stats.sent += 1
         task = asyncio.ensure_future(client.publish(subject, data, reply=self.inbox))
-        task.add_done_callback(_log_publish_error)
+        task.add_done_callback(log_task_error)
 
     def close(self) -> None:
-        """Stop connecting and close the connection (finished by :meth:`wait_closed`)."""
+        """Drop this link's subscriptions and detach from the connection (the last link
+        out closes it); finished by :meth:`wait_closed`."""
+        if self._closed:
+            return
         self._closed = True
-        if self._connector is not None:
-            self._connector.cancel()
-        client, self._client = self._client, None
-        if client is not None and not client.is_closed:
-            self._closing = asyncio.ensure_future(client.close())
-            self._closing.add_done_callback(_log_publish_error)
+        connection = self.connection
+        if connection is None:
+            return
+        subscriptions, self._subscriptions = self._subscriptions, []
+        connection.detach(self)
+        if subscriptions and not connection.closed:
+            self._releasing = asyncio.ensure_future(_unsubscribe(subscriptions))
+            self._releasing.add_done_callback(log_task_error)
 
     async def wait_closed(self) -> None:
-        """Wait (at most 5 s) until :meth:`close` has released the connection."""
-        for task in (self._connector, self._closing):
-            if task is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(asyncio.shield(task), 5.0)
+        """Wait (at most 5 s each) until :meth:`close` has released the subscriptions and,
+        for the last link, the connection."""
+        if self._releasing is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._releasing), 5.0)
+        if self.connection is not None and self.connection.closed:
+            await self.connection.wait_closed()
 
     # --- internals ---------------------------------------------------------------------
 
-    async def _connect(self) -> None:
-        o = self.options
-        client = Client()
-        self._client = client
-        await client.connect(
-            servers=list(o.servers), name=self._name, tls=o.tls,
-            connect_timeout=max(1, round(o.connect_timeout_s)),
-            allow_reconnect=True, max_reconnect_attempts=-1,
-            reconnect_time_wait=o.reconnect_wait_s,  # type: ignore[arg-type]
-            reconnect_to_server_handler=self._next_server,
-            error_cb=self._on_error, disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected, ping_interval=5, max_outstanding_pings=2,
-            **o.credentials)  # type: ignore[arg-type]
-        # nats-py keeps subscriptions across reconnects (it replays them on the new server)
-        await client.subscribe(f"{o.prefix}.{o.site}.>", cb=self._on_message)
-        await client.subscribe(self.inbox, cb=self._on_message)
-        try:  # the server has our interest before our first publish
-            await client.flush(timeout=max(1, round(o.connect_timeout_s)))
-        except (TimeoutError, nats.errors.Error) as e:
-            log.debug("NATS link %s: flush after subscribing: %s", self.endpoint[:8], e)
-        self._subscribed = True
-        log.info("NATS link %s connected to %s", self.endpoint[:8], self.connected_url)
-
-    def _next_server(self, servers: list[Any], info: dict[str, Any]) -> tuple[Any, float]:
-        """nats-py's reconnect hook: the least-tried server, after an exponential backoff."""
-        best = min(servers, key=lambda s: s.reconnects)
-        attempt = min(best.reconnects, 16)
-        delay = min(self.options.reconnect_max_s, self.options.reconnect_wait_s * 2 ** attempt)
-        return best, delay * (0.5 + self._rng.random() / 2)
-
     async def _on_message(self, msg: Msg) -> None:
+        if self._closed:
+            return
         if len(msg.data) > MAX_DATAGRAM:
             self.stats.dropped["oversize"] += 1
             return
@@ -353,30 +288,9 @@ class NatsLink:
         return (subject.startswith(o.prefix + ".") and len(tokens) >= 3
                 and tokens[0] == o.site and tokens[2] == "solicit" and tokens[1] != o.rack)
 
-    async def _on_error(self, error: Exception) -> None:
-        if isinstance(error, nats.errors.AuthorizationError) or "uthorization" in str(error):
-            if self._auth_failed is not None and not self._auth_failed.done():
-                self._auth_failed.set_result(str(error) or type(error).__name__)
-            log.error("NATS server rejected the credentials: %s", error)
-            return
-        log.debug("NATS link %s: %s", self.endpoint[:8], error)
 
-    async def _on_disconnected(self) -> None:
-        self.stats.disconnects += 1
-        if not self._closed:
-            log.warning("NATS link %s lost its server; failing over", self.endpoint[:8])
+async def _unsubscribe(subscriptions: list[Subscription]) -> None:
+    for subscription in subscriptions:
+        with contextlib.suppress(nats.errors.Error):
+            await subscription.unsubscribe()
 
-    async def _on_reconnected(self) -> None:
-        self.stats.reconnects += 1
-        log.info("NATS link %s reconnected to %s", self.endpoint[:8], self.connected_url)
-
-
-def _log_publish_error(task: asyncio.Future[Any]) -> None:
-    """Done callback of the link's background tasks (connect, publish, close): a failure
-    is logged, never raised into the agent (the protocol's retransmissions cover it)."""
-    if task.cancelled():
-        return
-    with contextlib.suppress(asyncio.CancelledError):
-        error = task.exception()
-        if error is not None:
-            log.warning("NATS link task failed: %s", error)
