@@ -2,7 +2,8 @@
 namespace of its own, with its own address on a bridged segment (tests/netns.py).
 
 * multicast negotiation across one bridge;
-* two segments with no multicast path, joined only through a 3-node NATS cluster;
+* two segments with no multicast path, joined only through a 3-node NATS cluster, also
+  with the node holding the recipient's connection SIGKILLed during its recovery;
 * 50 ms one-way delay and 5 % frame loss, both directions, on the recipient's link;
 * the recipient's link cut mid-transfer and restored: the transfer resumes from the
   verified chunks and fetches none of them twice.
@@ -216,6 +217,51 @@ def test_segments_without_a_multicast_path_recover_through_the_nats_cluster(
         done = [e for e in doc["transcript"] if e["event"] == "transferred"]
         # the donor of its own board, on the other segment
         assert [e["donor"] for e in done] == [donors[plan.nodes.index(node) % 2].node_id]
+
+
+def _connections_named(lab: Lab, cluster: NatsCluster, name: str) -> list[int]:
+    """The nodes (indices) of ``cluster`` that hold an open connection named ``name``."""
+    holding = []
+    for i, node in enumerate(cluster.nodes):
+        if not NatsCluster.alive(node):
+            continue
+        out = subprocess.run(
+            [*lab.core_prefix, sys.executable, "-c",
+             "import sys,urllib.request;print(urllib.request.urlopen(sys.argv[1],timeout=2)"
+             ".read().decode())", f"http://{node.host}:{node.http_port}/connz?limit=1024"],
+            capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and any(c.get("name") == name for c in
+                                       json.loads(out.stdout).get("connections") or []):
+            holding.append(i)
+    return holding
+
+
+@pytest.mark.timeout(90)
+def test_a_nats_node_sigkilled_during_a_cross_segment_recovery_costs_no_recovery(
+        tmp_path: Path, lab: Lab) -> None:
+    plan = _plan(tmp_path, nodes=2, boards=1)
+    recipient, donor = plan.nodes  # segment 1 and segment 2: NATS is the only path
+    corrupt_node(recipient)
+    rcp_host, donor_host = lab.add_host(1), lab.add_host(2)
+    with NatsCluster(tmp_path / "nats", hosts=NATS_HOSTS, exec_prefix=lab.core_prefix,
+                     fixed_ports=True) as cluster, _agents() as procs:
+        # the recipient first: it is soliciting, with nobody to answer yet, over its one
+        # connection when the node that holds that connection is SIGKILLed
+        _start(procs, rcp_host, _agent_toml(recipient, rcp_host, plan, transport=_nats_table(
+            cluster.urls), path=tmp_path / "r.toml"))
+        (victim,) = _connections_named(lab, cluster, recipient.node_id)
+        cluster.kill(victim)
+        assert not _transcripts(recipient)  # mid-recovery: nothing recovered yet
+        _start(procs, donor_host, _agent_toml(donor, donor_host, plan, transport=_nats_table(
+            cluster.urls), path=tmp_path / "d.toml"))
+        _wait_recovered([recipient], procs, 60)
+        # it failed over: its connection is now on a surviving node
+        survivors = _connections_named(lab, cluster, recipient.node_id)
+    (doc,) = _assert_genuine(plan, [recipient])
+    done = [e for e in doc["transcript"] if e["event"] == "transferred"]
+    assert [e["donor"] for e in done] == [donor.node_id]
+    assert len(survivors) == 1 and survivors[0] != victim
+    assert not NatsCluster.alive(cluster.nodes[victim])
 
 
 @pytest.mark.timeout(90)
