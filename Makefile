@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-DEB_PACKAGES := flashrom qemu-system-x86 ovmf nats-server chromium
+DEB_PACKAGES := flashrom qemu-system-x86 ovmf nats-server chromium iproute2
 DEMO_ARGS ?= --nodes 8 --boards 2 --corrupt 3 --json demo-out/report.json
 
 .PHONY: demo test lint typecheck unit sysdeps venv bench clean

@@ -27,10 +27,13 @@ __all__ = [
     "RedfishSettings",
     "TargetConfig",
     "TimerSettings",
+    "TransportSettings",
     "load_config",
     "parse_config",
     "parse_network",
+    "parse_transport_file",
     "read_fleet_key",
+    "subject_token",
 ]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -101,6 +104,40 @@ class _Section:
 
 
 @dataclass(frozen=True)
+class TransportSettings:
+    """``[transport]``: what carries the negotiation (docs/protocol.md, "NATS transport").
+
+    ``kind`` is ``udp`` (multicast on one segment, the default), ``nats`` (a NATS cluster;
+    multicast only while no broker is reachable, if ``multicast_fallback``) or ``both``
+    (a bridge-free dual stack: every group message on both, replies on the link they came
+    from, duplicates dropped by the codec's replay cache).
+    """
+
+    kind: str = "udp"
+    nats_servers: tuple[str, ...] = ()
+    subject_prefix: str = "fwrescue.v1"
+    site: str = "default"
+    multicast_fallback: bool = True
+    user: str | None = None
+    password: str | None = None
+    nkey_seed_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    connect_timeout_s: float = 2.0
+    reconnect_wait_s: float = 0.5  # first retry after a lost connection; doubles …
+    reconnect_max_s: float = 10.0  # … up to this
+    # The rack's subject token (docs/protocol.md, "Subjects"); None: the agent's topology
+    # label as a token (filled in by AgentConfig), or no rack at all (the console).
+    rack: str | None = None
+    # How much later a racked link hears a SOLICIT from another rack than from its own.
+    rack_first_delay_s: float = 0.1
+    # The NATS connection's name (None: "fwrescue"; AgentConfig fills in the node id). One
+    # connection per event loop and TransportSettings: so one per agent (transport/nats.py).
+    connection_name: str | None = None
+
+
+@dataclass(frozen=True)
 class NetworkSettings:
     group: str = "239.255.77.77"
     port: int = 17700
@@ -109,6 +146,9 @@ class NetworkSettings:
     transfer_port: int = 0
     fleet_key_file: Path | None = None
     replay_window_s: float = 30.0
+    # From the top-level [transport] table; kept here so every open_link() caller (the
+    # recipient, the donor service, the console) gets it without a new parameter.
+    transport: TransportSettings = TransportSettings()
 
 
 @dataclass(frozen=True)
@@ -201,6 +241,23 @@ class AgentConfig:
     #: fleet baseline: minimum security version per target, on top of the persisted floor
     fleet_floors: Mapping[str, int] = field(default_factory=dict)
 
+    @property
+    def transport(self) -> TransportSettings:
+        """The ``[transport]`` table (stored in ``network.transport``)."""
+        return self.network.transport
+
+    def __post_init__(self) -> None:
+        # A NATS agent without ``[transport] rack`` is in the rack its topology label names;
+        # its connection is named (and so, per process, kept apart) by its node id.
+        t = self.network.transport
+        if t.kind != "udp" and (t.connection_name is None or
+                                (t.rack is None and self.topology)):
+            own = dataclasses.replace(
+                t, rack=t.rack or (subject_token(self.topology) if self.topology else None),
+                connection_name=t.connection_name or self.node_id)
+            object.__setattr__(self, "network",
+                               dataclasses.replace(self.network, transport=own))
+
 
 def _fleet_floors(value: object) -> dict[str, int]:
     if not isinstance(value, dict) or not all(
@@ -265,6 +322,94 @@ def _network(s: _Section, base: Path) -> NetworkSettings:
     if result.fleet_key_file is not None:
         read_fleet_key(result.fleet_key_file)
     return result
+
+
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NATS_URL = re.compile(r"^(nats|tls)://([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])"
+                       r"(:[0-9]{1,5})?$")
+MAX_NATS_SERVERS = 16
+
+
+def subject_token(label: str) -> str:
+    """One NATS subject token from a topology label: ``.``, ``/``, ``:`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", label)[:64] or "_"
+
+
+def _subject_prefix(value: str) -> str:
+    tokens = value.split(".")
+    if not 1 <= len(tokens) <= 8 or not all(_SUBJECT_TOKEN.match(t) for t in tokens):
+        raise ConfigError("transport.subject_prefix must be 1-8 dot-separated tokens of "
+                          "[A-Za-z0-9_-] (no wildcards, no empty tokens)", value=value)
+    return value
+
+
+def _nats_servers(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("transport.nats_servers must be a list of URLs")
+    if len(value) > MAX_NATS_SERVERS:
+        raise ConfigError("transport.nats_servers lists too many servers",
+                          count=len(value), limit=MAX_NATS_SERVERS)
+    for url in value:
+        match = _NATS_URL.match(url)
+        if match is None or (match.group(3) and not 1 <= int(match.group(3)[1:]) <= 65535):
+            raise ConfigError("transport.nats_servers entries must be nats://host:port or "
+                              "tls://host:port (no credentials in the URL)", value=url[:200])
+    return tuple(value)
+
+
+def _readable(path: Path | None, key: str) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{key} is not a readable file", path=str(path))
+    return path
+
+
+def _transport(s: _Section, base: Path) -> TransportSettings:
+    d = TransportSettings()
+    kind = s.choice("kind", d.kind, ("udp", "nats", "both"))
+    user, password = s.get_str("user"), s.get_str("password")
+    result = TransportSettings(
+        kind=kind,
+        nats_servers=_nats_servers(s.raw("nats_servers", [])),
+        subject_prefix=_subject_prefix(s.get_str("subject_prefix", d.subject_prefix)),
+        site=s.get_str("site", d.site),
+        multicast_fallback=s.get_bool("multicast_fallback", d.multicast_fallback),
+        user=user, password=password,
+        nkey_seed_file=_readable(s.path("nkey_seed_file", base), "transport.nkey_seed_file"),
+        tls_ca_file=_readable(s.path("tls_ca_file", base), "transport.tls_ca_file"),
+        tls_cert_file=_readable(s.path("tls_cert_file", base), "transport.tls_cert_file"),
+        tls_key_file=_readable(s.path("tls_key_file", base), "transport.tls_key_file"),
+        connect_timeout_s=s.get_float("connect_timeout_s", d.connect_timeout_s, 0.1, 60.0),
+        reconnect_wait_s=s.get_float("reconnect_wait_s", d.reconnect_wait_s, 0.05, 60.0),
+        reconnect_max_s=s.get_float("reconnect_max_s", d.reconnect_max_s, 0.05, 600.0),
+        rack=s.get_str("rack"),
+        rack_first_delay_s=s.get_float("rack_first_delay_s", d.rack_first_delay_s, 0.0, 2.0),
+    )
+    s.done()
+    check_transport(result)
+    return result
+
+
+def check_transport(t: TransportSettings) -> None:
+    """The cross-field rules of ``[transport]``; ConfigError naming the first broken one."""
+    if t.kind != "udp" and not t.nats_servers:
+        raise ConfigError(f"transport.kind = \"{t.kind}\" needs transport.nats_servers")
+    if not _SUBJECT_TOKEN.match(t.site):
+        raise ConfigError("transport.site must be one subject token of [A-Za-z0-9_-]",
+                          value=t.site)
+    if t.site == "ep":
+        raise ConfigError("transport.site \"ep\" is reserved (unicast subjects P.ep.*)")
+    if t.rack is not None and not _SUBJECT_TOKEN.match(t.rack):
+        raise ConfigError("transport.rack must be one subject token of [A-Za-z0-9_-]",
+                          value=t.rack)
+    _subject_prefix(t.subject_prefix)
+    if (t.user is None) != (t.password is None):
+        raise ConfigError("transport.user and transport.password go together")
+    if t.user is not None and t.nkey_seed_file is not None:
+        raise ConfigError("choose one NATS credential: user/password or nkey_seed_file")
+    if (t.tls_cert_file is None) != (t.tls_key_file is None):
+        raise ConfigError("transport.tls_cert_file and tls_key_file go together")
+    if t.reconnect_max_s < t.reconnect_wait_s:
+        raise ConfigError("transport.reconnect_max_s must be >= reconnect_wait_s")
 
 
 def _timers(s: _Section) -> TimerSettings:
@@ -417,7 +562,8 @@ def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
         fleet_floors=_fleet_floors(agent.raw("fleet_floor", {})),
         policy=policy_name,
         policy_options=policy_options,
-        network=_network(root.table("network"), base),
+        network=dataclasses.replace(_network(root.table("network"), base),
+                                    transport=_transport(root.table("transport"), base)),
         timers=_timers(root.table("timers")),
         donor=_donor(root.table("donor")),
         targets=targets,
@@ -431,6 +577,18 @@ def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
 def parse_network(data: Mapping[str, Any], base: Path) -> NetworkSettings:
     """Validate a ``[network]`` table on its own (the console donor's command line)."""
     return _network(_Section(dict(data), "network"), base)
+
+
+def parse_transport_file(path: Path) -> TransportSettings:
+    """The ``[transport]`` table of a TOML file on its own (the console donor's
+    ``--transport-config``); paths resolve against the file's folder. Raises ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError("cannot read the transport config", path=str(path),
+                          detail=str(e)) from e
+    return _transport(_Section(data.get("transport", {}), "transport"), path.parent.resolve())
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -35,6 +35,9 @@ def register_run_commands(subparsers: Any) -> None:
     donor.add_argument("--fleet-key-file", type=Path, default=None,
                        help="HMAC-authenticate datagrams with this fleet key")
     donor.add_argument("--id", default="console")
+    donor.add_argument("--transport-config", type=Path, default=None,
+                       help="a TOML file whose [transport] table puts the console on NATS "
+                            "(e.g. a site's leaf node); see docs/operations.md")
     donor.set_defaults(func=_cmd_donor)
 
     demo = subparsers.add_parser("demo", help="a simulated fleet recovering corrupted BIOSes")
@@ -53,6 +56,9 @@ def register_run_commands(subparsers: Any) -> None:
     demo.add_argument("--timeout", type=float, default=600.0)
     demo.add_argument("--redfish", action="store_true", help="serve Redfish on every node")
     demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--transport", choices=("udp", "nats"), default="udp",
+                      help="negotiate by multicast, or over a 3-node nats-server cluster "
+                           "the demo starts on loopback")
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -86,6 +92,13 @@ def _cmd_donor(args: argparse.Namespace) -> int:
         "fleet_key_file": str(args.fleet_key_file) if args.fleet_key_file else None,
     }
     network = parse_network({k: v for k, v in settings.items() if v is not None}, Path.cwd())
+    if args.transport_config is not None:
+        import dataclasses
+
+        from fwrescue.config import parse_transport_file
+
+        network = dataclasses.replace(network,
+                                      transport=parse_transport_file(args.transport_config))
 
     async def run() -> None:
         donor = ConsoleDonor(repo=args.repo, trust=args.trust, state_dir=args.state,
@@ -116,7 +129,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     options = DemoOptions(nodes=args.nodes, corrupt=args.corrupt, boards=args.boards,
                           json_path=args.json_path, hold=args.hold, host=args.host,
                           flash=args.flash, policy=args.policy, workdir=args.workdir,
-                          timeout=args.timeout, redfish=args.redfish, seed=args.seed)
+                          timeout=args.timeout, redfish=args.redfish, seed=args.seed,
+                          transport=args.transport)
     report = asyncio.run(run_demo(options))
     if args.hold and args.json_path is None:
         print(json.dumps(report, indent=2))

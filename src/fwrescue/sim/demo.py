@@ -9,6 +9,7 @@ multicast group and port, so demos and tests can run side by side.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fwrescue.agent import Agent
-from fwrescue.config import RedfishSettings, TimerSettings
+from fwrescue.config import NetworkSettings, RedfishSettings, TimerSettings, TransportSettings
 from fwrescue.console.donor import ConsoleDonor
 from fwrescue.lifecycle import wait_for_termination
 from fwrescue.recovery.ports import OperationEvent, OperationState
@@ -44,6 +45,7 @@ class DemoOptions:
     live: bool = True
     redfish: bool = False
     seed: int | None = None
+    transport: str = "udp"  # "udp" | "nats": a 3-node nats-server cluster the demo starts
 
 
 def _corrupted_indices(nodes: int, corrupt: int, boards: int = 1) -> list[int]:
@@ -70,13 +72,37 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Build, corrupt, recover; return the report (also written to ``json_path``)."""
     if not 0 <= options.corrupt <= options.nodes or options.nodes < 1 or options.boards < 1:
         raise ValueError("need 1 <= nodes, 0 <= corrupt <= nodes, 1 <= boards")
+    if options.transport not in ("udp", "nats"):
+        raise ValueError("transport must be udp or nats")
     rng = random.Random(options.seed)
+    if options.transport == "nats":
+        return await _run_over_nats(options, rng)
+    return await _build_and_run(options, rng, isolated_network(rng))
+
+
+async def _run_over_nats(options: DemoOptions, rng: random.Random) -> dict[str, Any]:
+    """The same demo with the negotiation on a private 3-node NATS cluster (loopback)."""
+    from fwrescue.sim.nats_cluster import NatsCluster
+
+    root = options.workdir.resolve()
+    cluster = NatsCluster(root.with_name(root.name + "-nats"), size=3)
+    await asyncio.to_thread(cluster.start)
+    try:
+        network = dataclasses.replace(isolated_network(rng), transport=TransportSettings(
+            kind="nats", nats_servers=tuple(cluster.urls), site="demo"))
+        return await _build_and_run(options, rng, network)
+    finally:
+        cluster.stop()
+
+
+async def _build_and_run(options: DemoOptions, rng: random.Random,
+                         network: NetworkSettings) -> dict[str, Any]:
     base = _ovmf_code() if options.host == "qemu" else None
     chip = 16 * 1024 * 1024 if options.flash == "flashrom" else None
     plan = build_fleet(
         options.workdir.resolve(), nodes=options.nodes, boards=options.boards,
         image_size=options.image_size, base_image=base, chip_size=chip,
-        flash_kind=options.flash, host_kind=options.host, network=isolated_network(rng),
+        flash_kind=options.flash, host_kind=options.host, network=network,
         timers=TimerSettings(startup_jitter=0.3, offer_window=0.3, accept_timeout=1.0),
         policy=options.policy, seed=rng.randint(1, 10**6),
         redfish=RedfishSettings(enabled=True, tls=False, users=(
@@ -143,7 +169,7 @@ def _report(plan: FleetPlan, agents: dict[str, Agent], rows: dict[str, NodeRow])
     ok = all(n["booted"] and (n["recovered"] or not n["corrupted"]) for n in nodes)
     return {"ok": ok, "boards": plan.boards, "nodes": nodes,
             "console": {"id": "console", "repo": str(plan.console_repo)},
-            "workdir": str(plan.root)}
+            "workdir": str(plan.root), "transport": plan.network.transport.kind}
 
 
 def _node_entry(spec: NodeSpec, agent: Agent, row: NodeRow) -> dict[str, Any]:

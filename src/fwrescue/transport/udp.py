@@ -201,6 +201,9 @@ class SessionDriver:
         if self._timer is not None:
             self._timer.cancel()
         self.link.close()
+        wait_closed = getattr(self.link, "wait_closed", None)  # links that close async (NATS)
+        if wait_closed is not None:
+            await wait_closed()
         if self._consumer is not None:
             self._consumer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
