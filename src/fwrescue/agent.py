@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fwrescue.agent_policy import AgentFleetPolicy
 from fwrescue.config import AgentConfig, TargetConfig
 from fwrescue.donor import DonorService
 from fwrescue.errors import FlashPowerLoss
@@ -77,8 +78,8 @@ class Agent:
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
         floors = dict(config.fleet_floors)
-        self.verifier = Verifier(TrustStore.from_files(config.trust),
-                                 RollbackStore(state / "rollback.json"),
+        self.rollback = RollbackStore(state / "rollback.json")
+        self.verifier = Verifier(TrustStore.from_files(config.trust), self.rollback,
                                  max_image_size=config.max_image_size,
                                  fleet_floor=lambda target: floors.get(target, 0))
         self.store = PackageStore(state / "store", max_image_size=config.max_image_size)
@@ -90,6 +91,8 @@ class Agent:
         self._pinned: str | None = options.pop("pinned_version", None)
         self.policy = get_policy(config.policy, **options)
         self.targets: dict[str, TargetRuntime] = {}
+        # the signed fleet policy from the console (agent_policy.py)
+        self.fleet_policy = AgentFleetPolicy(self, self.rollback)
         self.results: dict[str, OperationResult] = {}
         self.redfish_url: str | None = None
         self._redfish_runner: Any = None
@@ -106,6 +109,7 @@ class Agent:
         try:
             for target in self.config.targets:
                 self.targets[target.name] = self._build_target(target)
+            self.fleet_policy.load()
             if self.config.donor.enabled:
                 await self.donor.start()
             if self.config.redfish.enabled:
@@ -122,6 +126,7 @@ class Agent:
                 if spec.get("kind") == "usb":
                     self._watchers.append(asyncio.create_task(
                         self._watch_media(runtime, Path(str(spec["path"])))))
+        self.fleet_policy.start_baseline_updates()
 
     async def stop(self) -> None:
         for task in self._tasks + self._watchers:
@@ -131,6 +136,7 @@ class Agent:
                 await task
         self._tasks.clear()
         self._watchers.clear()
+        await self.fleet_policy.stop()
         if self._redfish_runner is not None:
             await self._redfish_runner.cleanup()
             self._redfish_runner = None
