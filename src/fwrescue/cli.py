@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fwrescue.image import policy_cli
 
     policy_cli.register_policy_commands(subparsers)
+    from fwrescue.console import cli as console_cli
+
+    console_cli.register_console_commands(subparsers)
     return parser
 
 
