@@ -237,15 +237,19 @@ class PolicyDesk:
         def read(conn: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
             targets = conn.execute("SELECT name, version FROM targets WHERE node_id = ?",
                                    (d["node_id"],)).fetchall()
-            failed = conn.execute(
-                "SELECT op_id, message FROM operations WHERE node_id = ? AND kind = 'update' "
-                "AND state = 'Exception' AND first_seen >= ?", (d["node_id"], since)).fetchall()
-            return targets, failed
+            ops = conn.execute(
+                "SELECT op_id, state, message FROM operations WHERE node_id = ? AND "
+                "kind = 'update' AND first_seen >= ? ORDER BY first_seen",
+                (d["node_id"], since)).fetchall()
+            return targets, ops
 
-        targets, failed = await self._db.read(read)
+        targets, ops = await self._db.read(read)
         versions = {t[0]: t[1] for t in targets}
+        failed = [op for op in ops if op["state"] == "Exception"]
         if failed:
-            state, detail = "failed", f"{failed[0][0]}: {failed[0][1]}"[:300]
+            state, detail = "failed", f"{failed[0][0]}: {failed[0][2]}"[:300]
+        elif any(op["state"] == "Running" for op in ops):
+            return  # an update is under way (its flash may show the new version before boot)
         elif d["policy_version"] >= policy.version and all(
                 p.baseline is None or (versions.get(t) not in (None, "unknown") and
                                        version_key(versions[t]) >= version_key(p.baseline))
