@@ -40,6 +40,10 @@ def register_console_commands(subparsers: Any) -> None:
                    help="an agent's Redfish service to watch (repeatable)")
     p.add_argument("--agents-file", type=Path, help="one URL,USER,PASSWORD per line")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between full re-reads")
+    p.add_argument("--agent-ca", type=Path, default=None,
+                   help="PEM bundle of the agents' (self-signed) Redfish certificates")
+    p.add_argument("--no-verify-agents", action="store_true",
+                   help="do not verify agents' TLS certificates (lab use only)")
     p.add_argument("--group", default="239.255.77.77")
     p.add_argument("--port", type=int, default=17700)
     p.add_argument("--interface", default="127.0.0.1")
@@ -103,7 +107,9 @@ def _cmd_console(args: argparse.Namespace) -> int:
         print(f"console account: admin / {password} (kept in {password_file})", flush=True)
     settings = ConsoleSettings(
         repo=args.repo, state_dir=args.state, trust=tuple(args.trust), network=network,
-        agents=tuple(endpoints), inventory=InventorySettings(poll_s=max(0.02, args.poll)),
+        agents=tuple(endpoints),
+        inventory=InventorySettings(poll_s=max(0.02, args.poll), agent_ca=args.agent_ca,
+                                    verify_tls=not args.no_verify_agents),
         accounts=accounts, donor_id=args.id)
 
     async def run() -> None:

@@ -19,9 +19,11 @@ import functools
 import json
 import logging
 import sqlite3
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -72,6 +74,11 @@ class AgentEndpoint:
 
 @dataclass(frozen=True)
 class InventorySettings:
+    """``agent_ca``: a PEM bundle that signs the agents' certificates (their self-signed
+    ones, collected); ``verify_tls=False`` skips verification (lab use only)."""
+
+    agent_ca: Path | None = None
+    verify_tls: bool = True
     poll_s: float = 5.0
     retry_s: float = 2.0
     keep_operations: int = 50  # per node
@@ -248,7 +255,12 @@ class Inventory:
         self.node_urls: dict[str, str] = {}  # node id -> url
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        ssl_option: ssl.SSLContext | bool = self.settings.verify_tls
+        if self.settings.agent_ca is not None:
+            ssl_option = ssl.create_default_context(cafile=str(self.settings.agent_ca))
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=10),
+            connector=aiohttp.TCPConnector(ssl=ssl_option))
         for endpoint in self.endpoints:
             self.add(endpoint)
 
