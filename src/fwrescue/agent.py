@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,7 @@ class Agent:
         self.redfish_url: str | None = None
         self._redfish_runner: Any = None
         self._redfish_backend: Any = None
+        self._announcer: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
 
@@ -137,6 +139,9 @@ class Agent:
         self._tasks.clear()
         self._watchers.clear()
         await self.fleet_policy.stop()
+        if self._announcer is not None:
+            await self._announcer.stop()
+            self._announcer = None
         if self._redfish_runner is not None:
             await self._redfish_runner.cleanup()
             self._redfish_runner = None
@@ -195,6 +200,15 @@ class Agent:
         app = create_redfish_app(self._redfish_backend, settings)
         self._redfish_runner, self.redfish_url = await start_redfish_server(
             app, rf.host, rf.port, rf.tls, state)
+        if rf.ssdp_group is not None:  # DSP0266 discovery: the console finds this agent
+            from fwrescue.redfish.ssdp import SsdpAnnouncer
+
+            self._announcer = SsdpAnnouncer(
+                service_root=f"{self.redfish_url}/redfish/v1/",
+                uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"fwrescue:{self.config.node_id}")),
+                group=rf.ssdp_group, port=rf.ssdp_port, interface=rf.host,
+                interval_s=rf.ssdp_interval_s)
+            self._announcer.start()
 
     async def _startup(self, runtime: TargetRuntime) -> None:
         try:

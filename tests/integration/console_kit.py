@@ -32,20 +32,23 @@ class Fleet:
     extra: list[Any] = field(default_factory=list)
 
 
-def plan_fleet(root: Path, *, nodes: int, boards: int = 1, image_size: int = 256 * 1024
-               ) -> FleetPlan:
+def plan_fleet(root: Path, *, nodes: int, boards: int = 1, image_size: int = 256 * 1024,
+               ssdp: tuple[str, int] | None = None) -> FleetPlan:
     return build_fleet(
         root, nodes=nodes, boards=boards, image_size=image_size, network=isolated_network(),
         timers=TimerSettings(startup_jitter=0.2, offer_window=0.3, accept_timeout=1.0,
                              backoff_initial=0.5, backoff_max=1.0, max_solicits=6),
         redfish=RedfishSettings(enabled=True, tls=False,
-                                users=(("admin", AGENT_PASSWORD, "Administrator"),)))
+                                users=(("admin", AGENT_PASSWORD, "Administrator"),),
+                                ssdp_group=ssdp[0] if ssdp else None,
+                                ssdp_port=ssdp[1] if ssdp else 1900, ssdp_interval_s=1.0))
 
 
 @contextlib.asynccontextmanager
 async def running_fleet(plan: FleetPlan, *, start_checks: bool = False,
                         before_start: Callable[[Agent], None] | None = None,
-                        poll_s: float = 5.0) -> AsyncIterator[Fleet]:
+                        poll_s: float = 5.0, configured: bool = True,
+                        discovery: Any = None) -> AsyncIterator[Fleet]:
     """Start every agent (start-up checks off unless asked) and a console watching them."""
     agents: dict[str, Agent] = {}
     runner = None
@@ -61,7 +64,8 @@ async def running_fleet(plan: FleetPlan, *, start_checks: bool = False,
             repo=plan.console_repo, state_dir=plan.root / "console-state",
             trust=(plan.root / "trust",), network=plan.network,
             agents=tuple(AgentEndpoint(str(a.redfish_url), "admin", AGENT_PASSWORD)
-                         for a in agents.values()),
+                         for a in agents.values()) if configured else (),
+            discovery=discovery,
             inventory=InventorySettings(poll_s=poll_s, retry_s=0.5),
             accounts=(OPERATOR, VIEWER), rollout_tick_s=0.2)
         runner, url, console = await start_console(settings)

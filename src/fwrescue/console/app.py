@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -25,12 +27,27 @@ from fwrescue.console.donor import ConsoleDonor
 from fwrescue.console.inventory import AgentEndpoint, Inventory, InventorySettings
 from fwrescue.console.metrics import ConsoleMetrics
 from fwrescue.console.policy import PolicyDesk
+from fwrescue.redfish.ssdp import Announcement, SsdpListener
 from fwrescue.trust.keys import TrustStore
 
-__all__ = ["CONSOLE", "Changes", "Console", "ConsoleSettings", "create_console_app",
-           "start_console"]
+__all__ = ["CONSOLE", "Changes", "Console", "ConsoleSettings", "DiscoverySettings",
+           "create_console_app", "start_console"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    """Agents announcing themselves (Redfish SSDP): where to listen, which source networks
+    to believe, and the Redfish account the console uses on every discovered agent."""
+
+    group: str
+    port: int
+    interface: str
+    networks: tuple[str, ...]  # CIDRs, e.g. ("10.0.0.0/24",)
+    user: str
+    password: str
+    max_agents: int = 1024
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,7 @@ class ConsoleSettings:
     donor_id: str = "console"
     donate: bool = True
     rollout_tick_s: float = 0.5
+    discovery: DiscoverySettings | None = None
 
 
 class Changes:
@@ -115,6 +133,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                              donor_id=settings.donor_id)
     console = Console(settings, db, auth, inventory, desk, metrics, changes, donor)
     app[CONSOLE] = console
+    listener: SsdpListener | None = None
     try:
         for username, password, role in settings.accounts:
             await auth.create_account(username, password, role)
@@ -122,13 +141,40 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await donor.start()
         await inventory.start()
         desk.start()
+        if settings.discovery is not None:
+            listener = _discovery(settings.discovery, inventory)
+            await listener.start()
         yield
     finally:
+        if listener is not None:
+            await listener.stop()
         await desk.stop()
         await inventory.stop()
         if donor is not None:
             await donor.stop()
         await db.close()
+
+
+def _discovery(discovery: DiscoverySettings, inventory: Inventory) -> SsdpListener:
+    networks = [ipaddress.ip_network(n, strict=False) for n in discovery.networks]
+
+    def announced(announcement: Announcement) -> None:
+        base = announcement.base_url
+        host = ipaddress.ip_address(urlsplit(base).hostname or "0.0.0.0")
+        if not any(host in net for net in networks):
+            log.info("SSDP: %s is outside the discovery networks, ignored", base)
+            return
+        if any(e.url == base for e in inventory.endpoints):
+            return
+        if len(inventory.endpoints) >= discovery.max_agents:
+            log.warning("SSDP: %d agents watched already; %s ignored", discovery.max_agents,
+                        base)
+            return
+        log.info("SSDP: discovered %s", base)
+        inventory.add(AgentEndpoint(base, discovery.user, discovery.password))
+
+    return SsdpListener(group=discovery.group, port=discovery.port,
+                        interface=discovery.interface, on_announce=announced)
 
 
 async def start_console(settings: ConsoleSettings, host: str = "127.0.0.1",

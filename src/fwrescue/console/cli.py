@@ -44,6 +44,13 @@ def register_console_commands(subparsers: Any) -> None:
                    help="PEM bundle of the agents' (self-signed) Redfish certificates")
     p.add_argument("--no-verify-agents", action="store_true",
                    help="do not verify agents' TLS certificates (lab use only)")
+    p.add_argument("--discover", metavar="GROUP:PORT", default=None,
+                   help="watch agents announcing themselves (Redfish SSDP), e.g. "
+                        "239.255.255.250:1900")
+    p.add_argument("--discover-network", action="append", default=[], metavar="CIDR",
+                   help="believe announcements only from these networks (repeatable)")
+    p.add_argument("--discover-credentials", type=Path, metavar="FILE",
+                   help="USER,PASSWORD the console uses on discovered agents")
     p.add_argument("--group", default="239.255.77.77")
     p.add_argument("--port", type=int, default=17700)
     p.add_argument("--interface", default="127.0.0.1")
@@ -71,6 +78,29 @@ def _endpoints(args: argparse.Namespace) -> list[Any]:
     return [AgentEndpoint.parse(line) for line in lines]
 
 
+def _discovery(args: argparse.Namespace) -> Any:
+    import ipaddress
+
+    from fwrescue.console.app import DiscoverySettings
+
+    if args.discover is None:
+        return None
+    group, sep, port = args.discover.rpartition(":")
+    if not sep or not port.isdigit() or not ipaddress.ip_address(group).is_multicast:
+        raise ValueError(f"--discover must be MULTICAST-GROUP:PORT, got {args.discover!r}")
+    if not args.discover_network or args.discover_credentials is None:
+        raise ValueError("--discover needs --discover-network and --discover-credentials")
+    for net in args.discover_network:
+        ipaddress.ip_network(net, strict=False)
+    user, sep, password = args.discover_credentials.read_text(
+        encoding="utf-8")[:4096].strip().partition(",")
+    if not sep or not user or not password:
+        raise ValueError("--discover-credentials file must hold USER,PASSWORD")
+    return DiscoverySettings(group=group, port=int(port), interface=args.interface,
+                             networks=tuple(args.discover_network), user=user,
+                             password=password)
+
+
 def _cmd_console(args: argparse.Namespace) -> int:
     if args.action == "status":
         return _status(args)
@@ -81,6 +111,10 @@ def _cmd_console(args: argparse.Namespace) -> int:
         return _fail(f"--listen must be HOST:PORT, got {args.listen!r}")
     try:
         endpoints = _endpoints(args)
+    except (ValueError, OSError) as e:
+        return _fail(str(e))
+    try:
+        discovery = _discovery(args)
     except (ValueError, OSError) as e:
         return _fail(str(e))
     from fwrescue.config import parse_network
@@ -110,7 +144,7 @@ def _cmd_console(args: argparse.Namespace) -> int:
         agents=tuple(endpoints),
         inventory=InventorySettings(poll_s=max(0.02, args.poll), agent_ca=args.agent_ca,
                                     verify_tls=not args.no_verify_agents),
-        accounts=accounts, donor_id=args.id)
+        accounts=accounts, donor_id=args.id, discovery=discovery)
 
     async def run() -> None:
         runner, url, console = await start_console(settings, host, int(port_text))
