@@ -40,6 +40,10 @@ def register_console_commands(subparsers: Any) -> None:
                    help="an agent's Redfish service to watch (repeatable)")
     p.add_argument("--agents-file", type=Path, help="one URL,USER,PASSWORD per line")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between full re-reads")
+    p.add_argument("--keep-operations", type=int, default=50,
+                   help="retention: finished operations kept per node")
+    p.add_argument("--retention-days", type=float, default=30.0,
+                   help="retention: finished operations older than this are dropped")
     p.add_argument("--agent-ca", type=Path, default=None,
                    help="PEM bundle of the agents' (self-signed) Redfish certificates")
     p.add_argument("--no-verify-agents", action="store_true",
@@ -106,6 +110,8 @@ def _cmd_console(args: argparse.Namespace) -> int:
         return _status(args)
     if args.repo is None or not args.trust:
         return _fail("console needs --repo and at least one --trust")
+    if not 1 <= args.keep_operations <= 100_000 or not 0 < args.retention_days <= 3650:
+        return _fail("--keep-operations must be 1..100000 and --retention-days 0..3650")
     host, sep, port_text = args.listen.rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         return _fail(f"--listen must be HOST:PORT, got {args.listen!r}")
@@ -143,7 +149,9 @@ def _cmd_console(args: argparse.Namespace) -> int:
         repo=args.repo, state_dir=args.state, trust=tuple(args.trust), network=network,
         agents=tuple(endpoints),
         inventory=InventorySettings(poll_s=max(0.02, args.poll), agent_ca=args.agent_ca,
-                                    verify_tls=not args.no_verify_agents),
+                                    verify_tls=not args.no_verify_agents,
+                                    keep_operations=args.keep_operations,
+                                    retention_s=args.retention_days * 86400.0),
         accounts=accounts, donor_id=args.id, discovery=discovery)
 
     async def run() -> None:

@@ -33,3 +33,45 @@ async def test_migrations_apply_once_and_writes_are_atomic(tmp_path: Path) -> No
     assert await again.read(lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == (
         SCHEMA_VERSION)
     await again.close()
+
+
+async def test_retention_keeps_the_newest_finished_operations_and_running_ones(
+        tmp_path: Path) -> None:
+    from fwrescue.console.records import (
+        NodeState,
+        OperationRecord,
+        prune,
+        save_node,
+        save_operation,
+    )
+
+    db = await Database.open(tmp_path)
+    node = NodeState(node_id="n1", url="http://127.0.0.1:1", board="b", power="On",
+                     health="OK", policy_version=0, targets=())
+
+    def fill(conn: sqlite3.Connection) -> list[bool]:
+        save_node(conn, node, 1.0)
+        counted = []
+        for i in range(5):
+            op = OperationRecord(op_id=f"op-{i}", kind="recovery", target="bios",
+                                 state="Completed", percent=100, message="", started_at=None,
+                                 ended_at=None, transcript=({"t": 1.0, "event": "start"},))
+            counted.append(save_operation(conn, "n1", op, 10.0 + i))
+            counted.append(save_operation(conn, "n1", op, 10.5 + i))  # seen again
+        running = OperationRecord(op_id="op-run", kind="update", target="bios",
+                                  state="Running", percent=5, message="", started_at=None,
+                                  ended_at=None, transcript=())
+        save_operation(conn, "n1", running, 1.0)
+        return counted
+
+    counted = await db.write(fill)
+    assert counted == [True, False] * 5  # each finished operation is counted exactly once
+    dropped = await db.write(lambda c: prune(c, keep_per_node=2, older_than=0.0))
+    assert dropped == 3
+    left = await db.read(lambda c: [r[0] for r in c.execute(
+        "SELECT op_id FROM operations ORDER BY op_id")])
+    assert left == ["op-3", "op-4", "op-run"]
+    orphans = await db.read(lambda c: c.execute(
+        "SELECT COUNT(*) FROM transcript WHERE op_id NOT IN ('op-3', 'op-4')").fetchone()[0])
+    assert orphans == 0
+    await db.close()
