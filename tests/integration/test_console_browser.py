@@ -83,6 +83,8 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
             await page.click("a[href='#/']")
             await expect(page.locator("tr[data-node=node-03]")).to_contain_text("bios 1.1.0")
             assert fleet.agents["node-03"].engine("bios").installed_version == "1.1.0"
+            update = fleet.agents["node-03"].results["bios"]
+            assert update.ok and update.donor_kind == "peer", update  # peers first
             await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             assert (tmp_path / "dashboard.png").stat().st_size > 0
         finally:

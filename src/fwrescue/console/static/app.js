@@ -56,8 +56,10 @@ function describe(e) {
     case "SolicitSent": return `solicited offers (attempt ${e.attempt ?? "?"})`;
     case "OfferReceived": return `offer from ${o.donor_id} (${o.donor_kind}) version ${o.version}, security version ${o.security_version}, load ${o.load}`;
     case "OfferRejected": return `offer from ${o.donor_id} rejected: ${e.reason || ""}`;
-    case "DonorSelected": return `chose donor ${o.donor_id} (${o.donor_kind}) — why: ${e.reason || e.explanation || ""}`;
-    case "DonorAcked": return `donor ${o.donor_id} acknowledged (token issued, lease ${e.lease_s ?? "?"} s)`;
+    case "DonorSelected": return `chose donor ${o.donor_id} (${o.donor_kind}, version ${o.version}) — why: ${e.reason || ""}` +
+      (Array.isArray(e.ranked) ? `; ranking: ${e.ranked.join(", ")}` : "");
+    case "DonorAcked": return `donor ${o.donor_id} reserved a slot and issued a one-time token`;
+    case "AcceptTimedOut": return `donor ${o.donor_id} did not acknowledge: ${e.reason || ""}`;
     case "DonorNaked": return `donor ${o.donor_id || e.donor_id || ""} refused: ${e.reason || ""}`;
     case "manifest verified": return `manifest from ${e.donor} verified (signature, board, floor)`;
     case "declined": return `declined ${e.donor}: ${e.reason} (blame: ${e.blame})`;
