@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,7 @@ async def test_recovery_appears_in_db_and_dashboard_during_and_after(tmp_path: P
                         data = await resp.json()
                     for node in data["nodes"]:
                         if node["id"] == victim.node_id and node["healing"]:
-                            seen_running.append(node)
+                            seen_running.append({**node, "seen_at": time.time()})
                     await asyncio.sleep(0.03)
 
             watcher = asyncio.create_task(watch())
@@ -108,6 +109,10 @@ async def test_recovery_appears_in_db_and_dashboard_during_and_after(tmp_path: P
             assert seen_running, "the dashboard never showed the recovery while it ran"
             assert seen_running[0]["state"] == "healing"
             assert seen_running[0]["healing"]["op_id"] == result.op_id
+            transcript0 = fleet.agents[victim.node_id].engine("bios").transcript()[0]["t"]
+            lag = seen_running[0]["seen_at"] - transcript0
+            print(f"dashboard showed the recovery {lag:.3f} s after it started; it ran "
+                  f"{result.seconds:.3f} s")
             assert op["donor"] == result.donor_id and op["donor"] != victim.node_id
             assert op["kind"] == "recovery"
 

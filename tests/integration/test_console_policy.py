@@ -101,6 +101,10 @@ async def test_fleet_floor_reaches_every_agent_and_is_enforced(tmp_path: Path) -
             status, body = await post_policy(first, raw)
             assert (status, reason_of(body)) == (400, reason), body
         assert first.fleet_policy.version == 2 and first.verifier.floor("bios") == 2
+        # a newer policy with a lower floor is taken, and the floor still does not go down
+        status, body = await post_policy(first, policy(plan, 3, floor=1))
+        assert status == 200 and body["Version"] == 3
+        assert first.verifier.floor("bios") == 2 and body["Targets"]["bios"]["Floor"] == 2
 
         # from a donor: a genuinely signed 1.0.0, offered first, is declined for the floor
         spec = plan.nodes[0]  # the flash only: the agent runs (its 1.0.0 copy is below the floor)
@@ -123,7 +127,7 @@ async def test_fleet_floor_reaches_every_agent_and_is_enforced(tmp_path: Path) -
     again = Agent(plan.nodes[0].config)
     await again.start(run_startup_checks=False)
     try:
-        assert again.verifier.floor("bios") == 2 and again.fleet_policy.version == 2
+        assert again.verifier.floor("bios") == 2 and again.fleet_policy.version == 3
         status, body = await post_policy(again, v1)
         assert (status, reason_of(body)) == (400, "not-newer")
     finally:
