@@ -82,6 +82,9 @@ async def test_fleet_floor_reaches_every_agent_and_is_enforced(tmp_path: Path) -
         # over Redfish: the installed 1.0.0 package is now below the floor
         first = agents[0]
         async with RedfishClient(str(first.redfish_url), "admin", AGENT_PASSWORD) as rf:
+            service = await rf.get("/redfish/v1/UpdateService")  # the action is advertised
+            assert service["Actions"]["Oem"]["#Fwrescue.SetFleetPolicy"]["target"] == (
+                SET_POLICY_URI)
             with pytest.raises(RedfishClientError) as refused:
                 await rf.push_update(old.package, None, True, "Immediate")
         assert refused.value.status == 400

@@ -23,7 +23,8 @@ from fwrescue.redfish.http import SERVICE, json_response, read_json, require
 from fwrescue.redfish.messages import RequestError, error_body
 from fwrescue.trust.policy import MAX_POLICY_BYTES, PolicyError
 
-__all__ = ["FLEET_POLICY_URI", "SET_POLICY_URI", "FleetPolicyBackend", "add_policy_routes"]
+__all__ = ["FLEET_POLICY_URI", "SET_POLICY_URI", "FleetPolicyBackend", "add_policy_routes",
+           "with_policy_links"]
 
 US = "/redfish/v1/UpdateService"
 SET_POLICY_URI = f"{US}/Actions/Oem/Fwrescue.SetFleetPolicy"
@@ -39,6 +40,16 @@ class FleetPolicyBackend(Protocol):
     def fleet_policy(self) -> dict[str, Any]:
         """The policy in force, as :data:`FLEET_POLICY_URI` shows it."""
         ...
+
+
+def with_policy_links(backend: object, body: dict[str, Any]) -> dict[str, Any]:
+    """``UpdateService`` with the Oem action advertised (when the backend supports it)."""
+    if not isinstance(backend, FleetPolicyBackend):
+        return body
+    actions = dict(body.get("Actions", {}))
+    actions["Oem"] = {"#Fwrescue.SetFleetPolicy": {"target": SET_POLICY_URI}}
+    # (the FleetPolicy resource is not linked: it has no DMTF schema a validator could use)
+    return {**body, "Actions": actions}
 
 
 def add_policy_routes(app: web.Application, backend: FleetPolicyBackend) -> None:
