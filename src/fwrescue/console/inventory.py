@@ -33,6 +33,7 @@ from fwrescue.console.records import (
     NodeState,
     OperationRecord,
     TargetState,
+    abandon_unlisted,
     mark_unreachable,
     prune,
     save_node,
@@ -178,8 +179,9 @@ class AgentSession:
 
 
 async def read_agent(rf: AgentSession, known: dict[str, tuple[str, int]]) -> tuple[
-        NodeState, list[OperationRecord]]:
-    """One full read of an agent. ``known`` (op_id -> (state, transcript entries)) skips the
+        NodeState, list[OperationRecord], set[str]]:
+    """One full read of an agent: the node, the operations that changed, and the ids of every
+    task the agent lists now. ``known`` (op_id -> (state, transcript entries)) skips the
     transcripts that did not change since the last read; it is updated in place."""
     systems = await rf.members("/redfish/v1/Systems")
     if not systems:
@@ -207,9 +209,11 @@ async def read_agent(rf: AgentSession, known: dict[str, tuple[str, int]]) -> tup
         health=_str(_dict(system, "Status"), "Health", "OK", 32),
         policy_version=_int(policy, "Version"), targets=tuple(targets))
     ops = []
+    listed: set[str] = set()
     for uri in await rf.members(TASKS_URI):
         task = await rf.get(uri)
         op_id = _str(task, "Id", limit=64)
+        listed.add(op_id)
         state = _str(task, "TaskState", limit=32)
         oem = _dict(_dict(task, "Oem"), "Fwrescue")
         entries = _int(oem, "TranscriptEntries")
@@ -231,7 +235,7 @@ async def read_agent(rf: AgentSession, known: dict[str, tuple[str, int]]) -> tup
             started_at=_str(task, "StartTime", "", 64), ended_at=end if isinstance(end, str)
             else None, transcript=tuple(transcript[:MAX_TRANSCRIPT])))
         known[op_id] = (state, entries)
-    return node, ops
+    return node, ops, listed
 
 
 class Inventory:
@@ -296,11 +300,11 @@ class Inventory:
                 changed = asyncio.Event()
                 stream = asyncio.create_task(self._events(rf, changed))
                 while True:
-                    node, ops = await read_agent(rf, known)
+                    node, ops, listed = await read_agent(rf, known)
                     node_id = node.node_id
                     self.node_urls[node_id] = endpoint.url
-                    finished = await self._db.write(functools.partial(self._save, node=node,
-                                                                      ops=ops))
+                    finished = await self._db.write(functools.partial(
+                        self._save, node=node, ops=ops, listed=listed))
                     self._on_reachability(endpoint.url, True)
                     for op in finished:
                         self._on_finished(node.node_id, op)
@@ -332,11 +336,11 @@ class Inventory:
             await asyncio.sleep(self.settings.retry_s)
 
     def _save(self, conn: sqlite3.Connection, *, node: NodeState,
-              ops: list[OperationRecord]) -> list[
-            OperationRecord]:
+              ops: list[OperationRecord], listed: set[str]) -> list[OperationRecord]:
         now = time.time()
         save_node(conn, node, now)
         finished = [op for op in ops if save_operation(conn, node.node_id, op, now)]
+        abandon_unlisted(conn, node.node_id, listed, now)
         prune(conn, keep_per_node=self.settings.keep_operations,
               older_than=now - self.settings.retention_s)
         return finished

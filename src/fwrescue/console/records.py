@@ -125,6 +125,20 @@ def save_operation(conn: sqlite3.Connection, node_id: str, op: OperationRecord,
     return bool(changed)
 
 
+def abandon_unlisted(conn: sqlite3.Connection, node_id: str, listed: set[str],
+                     now: float) -> int:
+    """Operations still Running here that the agent no longer lists (it restarted, or its
+    task store dropped them) become ``Killed``: they can never finish on their own."""
+    running = [r[0] for r in conn.execute(
+        "SELECT op_id FROM operations WHERE node_id = ? AND state = 'Running'", (node_id,))]
+    gone = [op for op in running if op not in listed]
+    conn.executemany(
+        "UPDATE operations SET state = 'Killed', message = 'no longer listed by the agent "
+        "(restarted?)', updated_at = ? WHERE node_id = ? AND op_id = ?",
+        [(now, node_id, op) for op in gone])
+    return len(gone)
+
+
 def prune(conn: sqlite3.Connection, *, keep_per_node: int, older_than: float) -> int:
     """Retention: drop finished operations beyond the newest ``keep_per_node`` per node, and
     any finished one last updated before ``older_than``. Returns how many were dropped."""

@@ -75,3 +75,37 @@ async def test_retention_keeps_the_newest_finished_operations_and_running_ones(
         "SELECT COUNT(*) FROM transcript WHERE op_id NOT IN ('op-3', 'op-4')").fetchone()[0])
     assert orphans == 0
     await db.close()
+
+
+async def test_running_operations_an_agent_no_longer_lists_become_killed(
+        tmp_path: Path) -> None:
+    from fwrescue.console.records import (
+        NodeState,
+        OperationRecord,
+        abandon_unlisted,
+        fleet,
+        save_node,
+        save_operation,
+    )
+
+    db = await Database.open(tmp_path)
+    node = NodeState(node_id="n1", url="http://127.0.0.1:1", board="b", power="On",
+                     health="OK", policy_version=0, targets=())
+
+    def running(op_id: str) -> OperationRecord:
+        return OperationRecord(op_id=op_id, kind="recovery", target="bios", state="Running",
+                               percent=40, message="", started_at=None, ended_at=None,
+                               transcript=())
+
+    def fill(conn: sqlite3.Connection) -> int:
+        save_node(conn, node, 1.0)
+        save_operation(conn, "n1", running("old"), 1.0)
+        save_operation(conn, "n1", running("new"), 2.0)
+        return abandon_unlisted(conn, "n1", {"new"}, 3.0)  # the agent restarted
+
+    assert await db.write(fill) == 1
+    states = await db.read(lambda c: dict(c.execute("SELECT op_id, state FROM operations")))
+    assert states == {"old": "Killed", "new": "Running"}
+    overview = await db.read(fleet)
+    assert overview["nodes"][0]["healing"]["op_id"] == "new"
+    await db.close()
