@@ -188,7 +188,9 @@ def _status(args: argparse.Namespace) -> int:
                 "ORDER BY id DESC LIMIT 20")])
         finally:
             await db.close()
-        return {"nodes": len(fleet["nodes"]), "counts": fleet["counts"],
+        seen = [n["last_seen"] for n in fleet["nodes"] if n["last_seen"] is not None]
+        return {"as_of": max(seen) if seen else None,  # the newest read of any agent
+                "nodes": len(fleet["nodes"]), "counts": fleet["counts"],
                 "healing": [n["id"] for n in fleet["nodes"] if n["healing"]],
                 "unreachable": [n["id"] for n in fleet["nodes"] if not n["reachable"]],
                 "rollouts": rollouts}

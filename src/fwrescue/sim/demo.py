@@ -118,6 +118,7 @@ async def _run_fleet(plan: FleetPlan, options: DemoOptions) -> dict[str, Any]:
             await asyncio.wait_for(
                 asyncio.gather(*(a.wait_idle() for a in agents.values())), options.timeout)
             display.refresh()
+        await _console_caught_up(console, set(agents))
         report = _report(plan, agents, rows)
         report["console"] = console_info
         if options.json_path:
@@ -133,6 +134,20 @@ async def _run_fleet(plan: FleetPlan, options: DemoOptions) -> dict[str, Any]:
         await runner.cleanup()
         for agent in agents.values():
             await agent.stop()
+
+
+async def _console_caught_up(console: Any, node_ids: set[str], timeout: float = 10.0) -> None:
+    """Give the console's inventory a moment to see every node and no operation still
+    running (bounded: the demo's verdict never depends on it)."""
+    from fwrescue.console import records
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fleet = await console.db.read(records.fleet)
+        seen = {n["id"] for n in fleet["nodes"] if n["reachable"]}
+        if seen >= node_ids and not any(n["healing"] for n in fleet["nodes"]):
+            return
+        await asyncio.sleep(0.1)
 
 
 def _row_updater(row: NodeRow, started: float) -> Any:
