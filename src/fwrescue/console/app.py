@@ -72,6 +72,13 @@ class Changes:
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[None]] = set()
 
+    closing = False
+
+    def shutdown(self) -> None:
+        """Wake every stream so it ends (the app is stopping)."""
+        self.closing = True
+        self.notify()
+
     def notify(self) -> None:
         for queue in list(self._queues):
             with contextlib.suppress(asyncio.QueueFull):
@@ -109,6 +116,12 @@ def create_console_app(settings: ConsoleSettings) -> web.Application:
     app[SETTINGS] = settings
     add_dashboard_routes(app)
     app.cleanup_ctx.append(_lifecycle)
+
+    async def end_streams(app: web.Application) -> None:
+        if CONSOLE in app:
+            app[CONSOLE].changes.shutdown()
+
+    app.on_shutdown.append(end_streams)
     return app
 
 
@@ -182,7 +195,8 @@ async def start_console(settings: ConsoleSettings, host: str = "127.0.0.1",
     """Serve a new console app; return the runner (``await runner.cleanup()``), the base URL
     and the running :class:`Console`."""
     app = create_console_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    # open dashboard SSE streams are told to end at shutdown (on_shutdown); 1 s is ample
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

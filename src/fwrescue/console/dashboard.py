@@ -197,10 +197,12 @@ def add_dashboard_routes(app: web.Application) -> None:
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
+                if changes.closing:
+                    break
                 await resp.write(b"event: changed\ndata: {}\n\n")
                 await asyncio.sleep(0.2)  # at most five refreshes a second per page
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the page went away
         finally:
             changes.close(queue)
         return resp
