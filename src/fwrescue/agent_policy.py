@@ -189,3 +189,8 @@ class AgentFleetPolicy:
         agent.results[target] = result
         self.outcomes[target] = (f"updated to {result.version_after}" if result.ok
                                  else f"failed: {result.reason}")
+        if result.ok and self.below_baseline(target) not in (None, baseline):
+            # a newer policy arrived meanwhile with a higher baseline: go on to it
+            loop = asyncio.get_running_loop()
+            self._tasks[target] = loop.create_task(self._update(
+                target, str(self.below_baseline(target))))
