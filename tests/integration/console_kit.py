@@ -102,3 +102,21 @@ async def fleet_rows(fleet: Fleet) -> dict[str, dict[str, Any]]:
 async def all_reachable(fleet: Fleet) -> bool:
     rows = await fleet_rows(fleet)
     return set(rows) == set(fleet.agents) and all(r["reachable"] for r in rows.values())
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+async def browser_page(pw: Any, url: str, user: str, password: str) -> tuple[Any, Any]:
+    """Launch Debian's Chromium headless and log in to the console at ``url``; return
+    (browser, page)."""
+    assert CHROMIUM.exists(), "Debian's chromium package is needed (make test installs it)"
+    browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                       args=["--no-sandbox"])
+    page = await browser.new_page()
+    await page.goto(f"{url}/login")
+    await page.fill("#username", user)
+    await page.fill("#password", password)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{url}/")
+    return browser, page

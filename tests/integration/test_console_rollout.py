@@ -11,7 +11,15 @@ from fwrescue.agent import Agent
 from fwrescue.console import records
 from fwrescue.image.package import build_package
 from fwrescue.sim.fleet import FleetPlan
-from tests.integration.console_kit import Fleet, all_reachable, plan_fleet, running_fleet, wait_for
+from tests.integration.console_kit import (
+    OPERATOR,
+    Fleet,
+    all_reachable,
+    browser_page,
+    plan_fleet,
+    running_fleet,
+    wait_for,
+)
 from tests.integration.test_console_policy import policy, roll_out, rollout_state
 
 
@@ -74,10 +82,22 @@ async def test_rollout_halts_after_failed_boots_and_the_rest_keeps_its_version(
             assert agent.fleet_policy.version == 0, node_id
             assert rows[node_id]["targets"][0]["version"] == before[node_id]
 
-        # visible and resumable: an operator resumes, then pauses again
-        await fleet.console.desk.resume(rollout)
-        assert (await rollout_state(fleet, rollout))["state"] == "running"
-        await fleet.console.desk.pause(rollout)
+        # visible and resumable on the dashboard: an operator resumes, then pauses again
+        from playwright.async_api import async_playwright, expect
+
+        async with async_playwright() as pw:
+            browser, page = await browser_page(pw, fleet.url, OPERATOR[0], OPERATOR[1])
+            try:
+                await page.click("a[href='#/policy']")
+                row = page.locator(f"tr[data-rollout='{rollout}']")
+                await expect(row).to_contain_text("halted: 2 failed update(s)")
+                await expect(row).to_contain_text("node-06: pending")
+                await row.locator("button", has_text="Resume").click()
+                await expect(row.locator(".rollout-state")).to_have_text("running")
+                await row.locator("button", has_text="Pause").click()
+                await expect(row.locator(".rollout-state")).to_have_text("paused")
+            finally:
+                await browser.close()
         assert (await rollout_state(fleet, rollout))["state"] == "paused"
 
 
