@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fwrescue.agent_policy import AgentFleetPolicy
 from fwrescue.config import AgentConfig, TargetConfig
 from fwrescue.donor import DonorService
 from fwrescue.errors import FlashPowerLoss
@@ -77,8 +79,8 @@ class Agent:
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
         floors = dict(config.fleet_floors)
-        self.verifier = Verifier(TrustStore.from_files(config.trust),
-                                 RollbackStore(state / "rollback.json"),
+        self.rollback = RollbackStore(state / "rollback.json")
+        self.verifier = Verifier(TrustStore.from_files(config.trust), self.rollback,
                                  max_image_size=config.max_image_size,
                                  fleet_floor=lambda target: floors.get(target, 0))
         self.store = PackageStore(state / "store", max_image_size=config.max_image_size)
@@ -90,10 +92,13 @@ class Agent:
         self._pinned: str | None = options.pop("pinned_version", None)
         self.policy = get_policy(config.policy, **options)
         self.targets: dict[str, TargetRuntime] = {}
+        # the signed fleet policy from the console (agent_policy.py)
+        self.fleet_policy = AgentFleetPolicy(self, self.rollback)
         self.results: dict[str, OperationResult] = {}
         self.redfish_url: str | None = None
         self._redfish_runner: Any = None
         self._redfish_backend: Any = None
+        self._announcer: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[asyncio.Task[None]] = []
 
@@ -106,6 +111,7 @@ class Agent:
         try:
             for target in self.config.targets:
                 self.targets[target.name] = self._build_target(target)
+            self.fleet_policy.load()
             if self.config.donor.enabled:
                 await self.donor.start()
             if self.config.redfish.enabled:
@@ -122,6 +128,7 @@ class Agent:
                 if spec.get("kind") == "usb":
                     self._watchers.append(asyncio.create_task(
                         self._watch_media(runtime, Path(str(spec["path"])))))
+        self.fleet_policy.start_baseline_updates()
 
     async def stop(self) -> None:
         for task in self._tasks + self._watchers:
@@ -131,6 +138,10 @@ class Agent:
                 await task
         self._tasks.clear()
         self._watchers.clear()
+        await self.fleet_policy.stop()
+        if self._announcer is not None:
+            await self._announcer.stop()
+            self._announcer = None
         if self._redfish_runner is not None:
             await self._redfish_runner.cleanup()
             self._redfish_runner = None
@@ -189,6 +200,15 @@ class Agent:
         app = create_redfish_app(self._redfish_backend, settings)
         self._redfish_runner, self.redfish_url = await start_redfish_server(
             app, rf.host, rf.port, rf.tls, state)
+        if rf.ssdp_group is not None:  # DSP0266 discovery: the console finds this agent
+            from fwrescue.redfish.ssdp import SsdpAnnouncer
+
+            self._announcer = SsdpAnnouncer(
+                service_root=f"{self.redfish_url}/redfish/v1/",
+                uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"fwrescue:{self.config.node_id}")),
+                group=rf.ssdp_group, port=rf.ssdp_port, interface=rf.host,
+                interval_s=rf.ssdp_interval_s)
+            self._announcer.start()
 
     async def _startup(self, runtime: TargetRuntime) -> None:
         try:

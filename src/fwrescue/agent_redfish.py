@@ -263,6 +263,15 @@ class AgentBackend:
             message=f"{version} verified and staged; it is applied at the next reset",
             message_id="Update.1.3.OperationTransitionedToJob", args=(f"{TASKS_URI}/{op_id}",)))
 
+    # --- fleet policy (redfish/routes_policy.py) ------------------------------------------
+
+    def apply_fleet_policy(self, raw: bytes) -> dict[str, Any]:
+        self._agent.fleet_policy.apply(raw)
+        return self._agent.fleet_policy.describe()
+
+    def fleet_policy(self) -> dict[str, Any]:
+        return self._agent.fleet_policy.describe()
+
     # --- events ------------------------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[OperationEvent], None]) -> Unsubscribe:

@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     runcli.register_run_commands(subparsers)
     image_cli.register_image_commands(subparsers)
     rfcli.register_redfish_commands(subparsers)
+    from fwrescue.image import policy_cli
+
+    policy_cli.register_policy_commands(subparsers)
+    from fwrescue.console import cli as console_cli
+
+    console_cli.register_console_commands(subparsers)
     return parser
 
 

@@ -221,6 +221,10 @@ class RedfishSettings:
     port: int = 0
     tls: bool = True
     users: tuple[tuple[str, str, str], ...] = ()  # (name, password, role)
+    # SSDP announcements of the service root (redfish/ssdp.py); None: do not announce
+    ssdp_group: str | None = None
+    ssdp_port: int = 1900
+    ssdp_interval_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -513,6 +517,18 @@ def _target(data: object, base: Path, index: int) -> TargetConfig:
     return result
 
 
+def _multicast(value: str | None, key: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        ok = ipaddress.ip_address(value).version == 4 and ipaddress.ip_address(value).is_multicast
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key} must be an IPv4 multicast address", value=str(value)[:64])
+    return value
+
+
 def _redfish(s: _Section) -> RedfishSettings:
     users_raw = s.raw("users", [])
     users = []
@@ -530,6 +546,9 @@ def _redfish(s: _Section) -> RedfishSettings:
         port=s.get_int("port", 0, 0, 65535),
         tls=s.get_bool("tls", True),
         users=tuple(users),
+        ssdp_group=_multicast(s.get_str("ssdp_group"), "redfish.ssdp_group"),
+        ssdp_port=s.get_int("ssdp_port", 1900, 1, 65535),
+        ssdp_interval_s=s.get_float("ssdp_interval_s", 30.0, 1.0, 3600.0),
     )
     s.done()
     return result

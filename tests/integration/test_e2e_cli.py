@@ -78,6 +78,7 @@ def test_demo_hold_writes_json_then_keeps_serving_until_sigterm(tmp_path: Path) 
         except urllib.error.HTTPError as e:
             status = e.code
         assert status == 401  # it is serving, and it wants a token
+        _check_console(report)
         assert proc.poll() is None  # still holding after the report
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -85,3 +86,31 @@ def test_demo_hold_writes_json_then_keeps_serving_until_sigterm(tmp_path: Path) 
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def _check_console(report: dict[str, Any]) -> None:
+    """The report's console object: its dashboard takes the credentials and lists the fleet;
+    its metrics parse with prometheus-client's own parser."""
+    import http.cookiejar
+    import urllib.parse
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    console = report["console"]
+    assert set(console) >= {"url", "user", "password", "metrics_url"}
+    with urllib.request.urlopen(console["metrics_url"], timeout=10) as resp:
+        names = {f.name for f in text_string_to_metric_families(resp.read().decode())}
+    assert {"fwrescue_recoveries", "fwrescue_agents"} <= names
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = urllib.parse.urlencode({"username": console["user"],
+                                   "password": console["password"]}).encode()
+    opener.open(f"{console['url']}login", form, timeout=10).close()
+    ids = {n["id"] for n in report["nodes"]}
+    for _ in range(100):  # the console reads every node within a few polls
+        with opener.open(f"{console['url']}api/fleet", timeout=10) as resp:
+            fleet = json.loads(resp.read())
+        if {n["id"] for n in fleet["nodes"] if n["reachable"]} == ids:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the console did not list the fleet: {fleet}")

@@ -317,7 +317,12 @@ class DonorResponder:
         self.ignored["overheard offer"] += 1
         st = self._solicits.get((offer.recipient_id, offer.xid))
         if st is not None:
-            st.overheard += 1
+            # Known-answer suppression: only an offer at least as new as ours makes ours
+            # redundant (a recipient pinned to a newer baseline still hears of it).
+            mine = self._best_image(st.solicit)
+            if mine is None or (offer.security_version, version_key(offer.version)) >= (
+                    mine.security_version, version_key(mine.version)):
+                st.overheard += 1
             st.last_seen = now
 
     def _send_offer(self, st: _SolicitState, now: float) -> None:

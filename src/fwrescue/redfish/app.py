@@ -27,6 +27,7 @@ from fwrescue.redfish.messages import Registries
 from fwrescue.redfish.routes_auth import add_auth_routes
 from fwrescue.redfish.routes_core import add_core_routes
 from fwrescue.redfish.routes_events import add_event_routes
+from fwrescue.redfish.routes_policy import FleetPolicyBackend, add_policy_routes
 from fwrescue.redfish.routes_update import add_update_routes
 from fwrescue.redfish.settings import RedfishSettings
 from fwrescue.redfish.tasks import TaskStore
@@ -85,6 +86,8 @@ def create_redfish_app(
     add_auth_routes(app)
     add_update_routes(app)
     add_event_routes(app)
+    if isinstance(backend, FleetPolicyBackend):  # agents that take signed fleet policies
+        add_policy_routes(app, backend)
     app.cleanup_ctx.append(_lifecycle)
     return app
 

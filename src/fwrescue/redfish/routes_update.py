@@ -28,6 +28,7 @@ from fwrescue.redfish.http import (
 )
 from fwrescue.redfish.messages import RequestError, error_body
 from fwrescue.redfish.routes_core import collection
+from fwrescue.redfish.routes_policy import with_policy_links
 from fwrescue.redfish.tasks import MONITORS_URI, TASKS_URI, task_json
 from fwrescue.redfish.upload import (
     TRANSFER_PROTOCOLS,
@@ -124,8 +125,7 @@ def add_update_routes(app: web.Application) -> None:
     limit = svc.settings.max_image_size
 
     async def update_service(_: web.Request) -> web.Response:
-        return json_response(
-            {
+        return json_response(with_policy_links(svc.backend, {
                 "@odata.id": US,
                 "@odata.type": "#UpdateService.v1_17_0.UpdateService",
                 "Id": "UpdateService",
@@ -142,7 +142,7 @@ def add_update_routes(app: web.Application) -> None:
                         "TransferProtocol@Redfish.AllowableValues": list(TRANSFER_PROTOCOLS),
                     }
                 },
-            }
+            })
         )
 
     async def firmware(_: web.Request) -> web.Response:

@@ -20,7 +20,8 @@ from typing import Any
 
 from fwrescue.agent import Agent
 from fwrescue.config import NetworkSettings, RedfishSettings, TimerSettings, TransportSettings
-from fwrescue.console.donor import ConsoleDonor
+from fwrescue.console.app import ConsoleSettings, new_password, start_console
+from fwrescue.console.inventory import AgentEndpoint, InventorySettings
 from fwrescue.lifecycle import wait_for_termination
 from fwrescue.recovery.ports import OperationEvent, OperationState
 from fwrescue.sim.display import FleetDisplay, NodeRow
@@ -105,9 +106,9 @@ async def _build_and_run(options: DemoOptions, rng: random.Random,
         flash_kind=options.flash, host_kind=options.host, network=network,
         timers=TimerSettings(startup_jitter=0.3, offer_window=0.3, accept_timeout=1.0),
         policy=options.policy, seed=rng.randint(1, 10**6),
+        # Redfish on every node: the console reads the fleet through it
         redfish=RedfishSettings(enabled=True, tls=False, users=(
-            ("admin", f"demo-{rng.getrandbits(48):012x}", "Administrator"),))
-        if options.redfish or options.hold else None)
+            ("admin", f"demo-{rng.getrandbits(48):012x}", "Administrator"),)))
     for index in _corrupted_indices(options.nodes, options.corrupt, options.boards):
         corrupt_node(plan.nodes[index])
     return await _run_fleet(plan, options)
@@ -115,14 +116,20 @@ async def _build_and_run(options: DemoOptions, rng: random.Random,
 
 async def _run_fleet(plan: FleetPlan, options: DemoOptions) -> dict[str, Any]:
     assert plan.console_repo is not None
-    console = ConsoleDonor(repo=plan.console_repo, trust=plan.root / "trust",
-                           state_dir=plan.root / "console-state", network=plan.network)
+    password = new_password()
+    runner, console_url, console = await start_console(ConsoleSettings(
+        repo=plan.console_repo, state_dir=plan.root / "console-state",
+        trust=(plan.root / "trust",), network=plan.network,
+        inventory=InventorySettings(poll_s=2.0, retry_s=1.0),
+        accounts=(("admin", password, "operator"),)))
+    console_info = {"id": "console", "repo": str(plan.console_repo), "url": f"{console_url}/",
+                    "user": "admin", "password": password,
+                    "metrics_url": f"{console_url}/metrics"}
     rows = {n.node_id: NodeRow(n.node_id, n.board, n.corrupted, n.release.version)
             for n in plan.nodes}
     agents: dict[str, Agent] = {}
     display = FleetDisplay(rows, live=options.live)
     started = time.monotonic()
-    await console.start()
     try:
         for node in plan.nodes:
             agent = Agent(node.config)
@@ -131,21 +138,42 @@ async def _run_fleet(plan: FleetPlan, options: DemoOptions) -> dict[str, Any]:
         with display:
             for agent in agents.values():
                 await agent.start()
+                user, agent_password, _ = agent.config.redfish.users[0]
+                console.inventory.add(AgentEndpoint(str(agent.redfish_url), user,
+                                                    agent_password))
             await asyncio.wait_for(
                 asyncio.gather(*(a.wait_idle() for a in agents.values())), options.timeout)
             display.refresh()
+        await _console_caught_up(console, set(agents))
         report = _report(plan, agents, rows)
+        report["console"] = console_info
         if options.json_path:
             options.json_path.parent.mkdir(parents=True, exist_ok=True)
             options.json_path.write_text(json.dumps(report, indent=2))
         display.summary(report)
+        print(f"console dashboard: {console_info['url']} (user admin, password {password}); "
+              f"metrics: {console_info['metrics_url']}", flush=True)
         if options.hold:
             await wait_for_termination()
         return report
     finally:
+        await runner.cleanup()
         for agent in agents.values():
             await agent.stop()
-        await console.stop()
+
+
+async def _console_caught_up(console: Any, node_ids: set[str], timeout: float = 10.0) -> None:
+    """Give the console's inventory a moment to see every node and no operation still
+    running (bounded: the demo's verdict never depends on it)."""
+    from fwrescue.console import records
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fleet = await console.db.read(records.fleet)
+        seen = {n["id"] for n in fleet["nodes"] if n["reachable"]}
+        if seen >= node_ids and not any(n["healing"] for n in fleet["nodes"]):
+            return
+        await asyncio.sleep(0.1)
 
 
 def _row_updater(row: NodeRow, started: float) -> Any:

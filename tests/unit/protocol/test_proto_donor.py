@@ -109,14 +109,30 @@ def test_suppression_after_overhearing_enough_offers() -> None:
     r.send(donor, solicit(), T0)
     for i in range(2):
         offer = Offer(xid=9, recipient_id="rcp-1", donor_id=f"x{i}", donor_kind=DonorKind.PEER,
-                      target="bios", manifest_digest=image(1).manifest_digest, version="1",
-                      security_version=1, size=1, load=0, capacity=4,
+                      target="bios", manifest_digest=image(1).manifest_digest,
+                      version="1.0.0", security_version=1, size=1, load=0, capacity=4,
                       transfer_url="http://10.0.0.1:80", lease_s=30.0)
         donor.receive_datagram(other.encode(offer, T0), ("127.0.0.1", 7000 + i), T0)
     t = fire(donor)
     assert r.read(donor, t) == []
     assert donor.skipped["suppressed (enough offers overheard)"] == 1
     assert donor.solicit_state("rcp-1", 9) is DonorState.SUPPRESSED
+
+
+def test_overheard_older_offers_do_not_suppress_a_newer_image() -> None:
+    donor = make_donor("d1", [image(2, version="1.2.0", security_version=3)],
+                       limits=DonorLimits(suppress_after=1))
+    other = make_codec(5)
+    r = Recipient()
+    r.send(donor, solicit(), T0)
+    offer = Offer(xid=9, recipient_id="rcp-1", donor_id="x0", donor_kind=DonorKind.PEER,
+                  target="bios", manifest_digest=image(1).manifest_digest, version="1.0.0",
+                  security_version=1, size=1, load=0, capacity=4,
+                  transfer_url="http://10.0.0.1:80", lease_s=30.0)
+    donor.receive_datagram(other.encode(offer, T0), ("127.0.0.1", 7000), T0)
+    t = fire(donor)
+    offers = [m for m, _ in r.read(donor, t) if isinstance(m, Offer)]
+    assert [o.version for o in offers] == ["1.2.0"]
 
 
 def test_accept_naming_another_donor_cancels_the_pending_offer() -> None:
