@@ -12,7 +12,13 @@ Per SOLICIT (keyed by recipient id and xid) a donor:
   quiet (duplicate-answer suppression, as in mDNS, RFC 6762 §7.4). On a LAN this bounds
   the offers per solicit to about ``suppress_after`` plus those sent within one network
   delay of each other (see docs/protocol.md);
-* drops its pending offer when it overhears an ACCEPT naming another donor.
+* drops its pending offer when it overhears an ACCEPT naming another donor;
+* counts the REPORTs it overhears in a :class:`~fwrescue.protocol.breaker.CircuitBreaker`:
+  a digest that ``breaker_threshold`` distinct recipients failed to boot is withheld (no
+  more offers, ACCEPTs NAKed) and an :class:`ImageWithheld` event is reported once.
+
+A catalog entry with ``held`` set is a *partial* image (this node is still receiving
+it): the OFFER carries ``held``; a complete image of the same version is preferred.
 
 On an ACCEPT naming it, the donor NAKs when the digest is unknown or it is at capacity,
 else ACKs with a fresh 128-bit token and holds a **reservation** until the lease ends,
@@ -36,10 +42,12 @@ from dataclasses import dataclass
 
 from fwrescue.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
+from .breaker import CircuitBreaker
 from .codec import Codec
 from .events import (
     Declined,
     DonorEvent,
+    ImageWithheld,
     OfferSent,
     Released,
     ReservationEnded,
@@ -54,6 +62,7 @@ from .messages import (
     Nak,
     Offer,
     Release,
+    Report,
     Solicit,
 )
 from .policy import version_key
@@ -97,13 +106,15 @@ class OfferableImage:
     version: str
     security_version: int
     size: int
+    held: int | None = None  # verified chunks of a partial image; None = complete
 
     def __post_init__(self) -> None:
         try:
             Offer(xid=0, recipient_id="x", donor_id="x", donor_kind=DonorKind.PEER,
                   target=self.target, manifest_digest=self.manifest_digest,
                   version=self.version, security_version=self.security_version,
-                  size=self.size, load=0, capacity=1, transfer_url="http://x", lease_s=1.0)
+                  size=self.size, load=0, capacity=1, transfer_url="http://x", lease_s=1.0,
+                  held=self.held)
             Offer(xid=0, recipient_id="x", donor_id="x", donor_kind=DonorKind.PEER,
                   target="x", manifest_digest=self.image_sha256, version="0",
                   security_version=0, size=1, load=0, capacity=1, transfer_url="http://x",
@@ -134,6 +145,7 @@ class DonorLimits:
     suppress_after: int = 3  # stay quiet after overhearing this many offers for one solicit
     max_tracked: int = 1024  # solicits remembered at once (bounds memory under a flood)
     state_ttl: float = 60.0  # forget a solicit this long after its last message
+    breaker_threshold: int = 3  # distinct boot_failed REPORTs that withhold an image
 
     def __post_init__(self) -> None:
         for name in ("lease_s", "base_delay", "jitter", "console_extra_delay", "state_ttl"):
@@ -142,7 +154,7 @@ class DonorLimits:
                 raise ConfigError("limit must be finite non-negative seconds", limit=name)
         if not 0 < self.lease_s <= 86_400:
             raise ConfigError("lease_s must be in (0, 86400]")
-        for name in ("capacity", "suppress_after", "max_tracked"):
+        for name in ("capacity", "suppress_after", "max_tracked", "breaker_threshold"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65_535:
                 raise ConfigError("limit must be an integer in [1, 65535]", limit=name)
@@ -186,6 +198,7 @@ class DonorResponder:
         self.dropped: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()  # solicits deliberately left unanswered, by why
+        self.breaker = CircuitBreaker(threshold=limits.breaker_threshold)
 
     # --- inspection ------------------------------------------------------------------------
 
@@ -219,6 +232,8 @@ class DonorResponder:
             self._on_accept(msg, addr, now)
         elif isinstance(msg, Release | Decline):
             self._on_end(msg, addr, now)
+        elif isinstance(msg, Report):
+            self._on_report(msg, now)
         else:
             self._drop(f"{msg.TYPE} sent to a donor", addr)
 
@@ -273,10 +288,24 @@ class DonorResponder:
                 del self._solicits[key]
 
     def _best_image(self, solicit: Solicit) -> OfferableImage | None:
-        fitting = [img for img in self._catalog() if img.fits(solicit)]
+        withheld = self.breaker.is_withheld
+        fitting = [img for img in self._catalog()
+                   if img.fits(solicit) and not withheld(img.manifest_digest)]
         if not fitting:
             return None
-        return max(fitting, key=lambda i: (i.security_version, version_key(i.version)))
+        return max(fitting, key=lambda i: (i.security_version, version_key(i.version),
+                                           i.held is None, i.held or 0))
+
+    def _on_report(self, report: Report, now: float) -> None:
+        trip = self.breaker.record(report, now)
+        if trip is None:
+            self.ignored[f"report ({report.outcome.value})"] += 1
+            return
+        log.warning("donor %s withholds %s: %d recipients failed to boot it",
+                    self.identity.donor_id, trip.manifest_digest[:12], trip.failures)
+        self._events.append(ImageWithheld(manifest_digest=trip.manifest_digest,
+                                          target=trip.target, failures=trip.failures,
+                                          recipients=trip.recipients))
 
     def _offer_delay(self) -> float:
         lim = self.limits
@@ -343,7 +372,7 @@ class DonorResponder:
                       security_version=image.security_version, size=image.size,
                       load=self.load, capacity=self.limits.capacity,
                       transfer_url=ident.transfer_url, lease_s=self.limits.lease_s,
-                      topology=ident.topology)
+                      topology=ident.topology, held=image.held)
         self._outbox.append((offer, GROUP))
         self._events.append(OfferSent(xid=s.xid, recipient_id=s.recipient_id,
                                       manifest_digest=image.manifest_digest))
@@ -378,6 +407,9 @@ class DonorResponder:
                       if i.manifest_digest == accept.manifest_digest), None)
         if image is None:
             self._nak(accept, addr, "unknown manifest digest")
+            return
+        if self.breaker.is_withheld(image.manifest_digest):
+            self._nak(accept, addr, "image withheld by the fleet circuit breaker")
             return
         if self.load >= self.limits.capacity:
             self._nak(accept, addr, f"at capacity ({self.load}/{self.limits.capacity})")
