@@ -17,7 +17,13 @@ learns nothing about content it was not granted.
 
 Admission control: at most ``max_uploads`` image bodies stream at once; others get 503
 with ``Retry-After``. ``on_load_change(n)`` reports the live count (OFFERs carry it).
-An optional per-upload rate limit paces the body (to simulate a 100 Mb/s BMC link).
+An optional rate limit shapes the donor's **total** egress, every upload together (a
+100 Mb/s BMC link), with one shared :class:`~fwrescue.transfer.pacing.Pacer`.
+
+Partial donors (``servables``, see :mod:`fwrescue.transfer.partial`): ``GET
+/chunks/{sha256}`` answers the have-map (one bit per verified chunk), and an image the
+store does not hold is served from a staging only for ranges whose every chunk is
+verified here; any other request for it gets 416. Nothing unverified is ever served.
 Unpaced bodies go out with zero-copy ``sendfile`` in ``read_block`` pieces; paced ones
 (and TLS) are read from the file in ``read_block`` pieces. Memory per upload is bounded.
 """
@@ -31,12 +37,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from fwrescue.errors import ConfigError
+from fwrescue.transfer.pacing import Pacer
 from fwrescue.transfer.tokens import TokenError, TokenRegistry, is_digest
+
+if TYPE_CHECKING:
+    from fwrescue.transfer.partial import Servable
 
 __all__ = [
     "IMAGE_CATALOG",
@@ -54,6 +64,8 @@ __all__ = [
 _MAX_TOKEN_STATS = 4096
 # A Range header longer than this is not a single range we would serve.
 _MAX_RANGE_HEADER = 128
+# Reads this small come from the page cache in microseconds: a thread hop would cost more.
+_INLINE_READ = 64 * 1024
 _RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 
 
@@ -65,9 +77,16 @@ class ImageCatalog(Protocol):
     def image_path(self, sha256: str) -> Path | None: ...
 
 
+class Servables(Protocol):
+    """Where a donor finds which ranges of an image it may serve (complete or partial)."""
+
+    def servable(self, sha256: str) -> Servable | None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class TransferServerSettings:
-    """Donor limits. ``rate_limit_bps`` is bytes per second per upload (None: unpaced)."""
+    """Donor limits. ``rate_limit_bps`` is bytes per second for all uploads together
+    (None: unpaced)."""
 
     max_uploads: int = 4
     rate_limit_bps: int | None = None
@@ -106,8 +125,11 @@ class ServerStats:
 class _State:
     """Live counters of one app; mutated only on its event loop."""
 
-    def __init__(self, on_load_change: Callable[[int], None] | None) -> None:
+    def __init__(self, on_load_change: Callable[[int], None] | None,
+                 pacer: Pacer | None = None) -> None:
         self.on_load_change = on_load_change
+        self.pacer = pacer
+        self.partial_refused = 0
         self.active = 0
         self.peak = 0
         self.started = 0
@@ -138,6 +160,7 @@ IMAGE_CATALOG = web.AppKey("fwrescue_image_catalog", ImageCatalog)
 TOKENS = web.AppKey("fwrescue_tokens", TokenRegistry)
 SETTINGS = web.AppKey("fwrescue_transfer_settings", TransferServerSettings)
 SERVER_STATE = web.AppKey("fwrescue_transfer_state", _State)
+SERVABLES = web.AppKey("fwrescue_servables", Servables)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -220,8 +243,15 @@ async def _image(request: web.Request) -> web.StreamResponse:
         return auth
     token = auth
     path = request.app[IMAGE_CATALOG].image_path(sha256)
+    partial: Servable | None = None
     if path is None:
-        return _error(404, "Base.1.22.ResourceNotFound", "no such image")
+        partial = _servable(request, sha256)
+        if partial is None:
+            return _error(404, "Base.1.22.ResourceNotFound", "no such image")
+        refusal = _partial_refusal(request, partial)
+        if refusal is not None:
+            return refusal
+        path = partial.path
     loop = asyncio.get_running_loop()
     try:
         fd = await loop.run_in_executor(None, os.open, path, os.O_RDONLY)
@@ -232,6 +262,41 @@ async def _image(request: web.Request) -> web.StreamResponse:
         return await _send_image(request, fd, size, sha256, token)
     finally:
         os.close(fd)
+
+
+def _servable(request: web.Request, sha256: str) -> Servable | None:
+    servables = request.app.get(SERVABLES)
+    return servables.servable(sha256) if servables is not None else None
+
+
+def _partial_refusal(request: web.Request, partial: Servable) -> web.Response | None:
+    """416 unless the asked range lies wholly in chunks verified here (whole image: all)."""
+    size = partial.size
+    try:
+        span = parse_range(request.headers.get("Range"), size)
+    except ValueError:
+        return None  # _send_image answers a malformed range with its own 416
+    first, last = span if span is not None else (0, size - 1)
+    if partial.covers(first, last):
+        return None
+    request.app[SERVER_STATE].partial_refused += 1
+    return _error(416, "Base.1.22.PropertyValueOutOfRange",
+                  "range touches chunks not verified on this donor",
+                  {"Content-Range": f"bytes */{size}"})
+
+
+async def _chunks(request: web.Request) -> web.StreamResponse:
+    """The have-map of an image: one bit per chunk, MSB first, set iff verified here."""
+    sha256 = request.match_info["sha256"]
+    auth = _authorize(request, sha256)
+    if isinstance(auth, web.Response):
+        return auth
+    servable = _servable(request, sha256)
+    if servable is None:
+        return _error(404, "Base.1.22.ResourceNotFound", "no such image")
+    return web.Response(body=servable.have_bitmap(), content_type="application/octet-stream",
+                        headers={"Cache-Control": "no-store",
+                                 "X-Complete": "1" if servable.complete else "0"})
 
 
 async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
@@ -273,25 +338,25 @@ async def _stream(request: web.Request, resp: web.StreamResponse, fd: int, first
     settings = request.app[SETTINGS]
     state = request.app[SERVER_STATE]
     loop = asyncio.get_running_loop()
-    rate = settings.rate_limit_bps
+    pacer = state.pacer
     offset, end = first, last + 1
-    if rate is None:
+    if pacer is None:
         offset = await _sendfile(request, fd, offset, end, token)
-    block = settings.read_block if rate is None else max(4096, min(settings.read_block,
-                                                                   rate // 20))
-    started = loop.time()
+    rate = pacer.rate_bps if pacer is not None else 0
+    block = settings.read_block if pacer is None else max(4096, min(settings.read_block,
+                                                                    rate // 20))
     while offset < end:
-        data = await loop.run_in_executor(None, os.pread, fd, min(block, end - offset), offset)
+        length = min(block, end - offset)
+        if pacer is not None:  # the link's shared budget: every upload of this donor
+            await pacer.pace(length)
+        data = (os.pread(fd, length, offset) if length <= _INLINE_READ
+                else await loop.run_in_executor(None, os.pread, fd, length, offset))
         if not data:
             # The file shrank under us: never pad; abort so the client sees a short body.
             raise ConnectionResetError("image file shorter than announced")
         await resp.write(data)
         offset += len(data)
         state.add_bytes(token, len(data))
-        if rate is not None:
-            ahead = (offset - first) / rate - (loop.time() - started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
 
 
 async def _sendfile(request: web.Request, fd: int, offset: int, end: int, token: str) -> int:
@@ -332,15 +397,21 @@ def create_transfer_app(
     settings: TransferServerSettings | None = None,
     *,
     on_load_change: Callable[[int], None] | None = None,
+    servables: Servables | None = None,
 ) -> web.Application:
-    """Build the donor's transfer application (no global state)."""
+    """Build the donor's transfer application (no global state). With ``servables`` it
+    also answers ``/chunks/{sha256}`` and serves partial images (see the module doc)."""
     app = web.Application(client_max_size=1024)  # requests carry no body
     app[IMAGE_CATALOG] = catalog
     app[TOKENS] = tokens
-    app[SETTINGS] = settings or TransferServerSettings()
-    app[SERVER_STATE] = _State(on_load_change)
+    settings = app[SETTINGS] = settings or TransferServerSettings()
+    rate = settings.rate_limit_bps
+    app[SERVER_STATE] = _State(on_load_change, Pacer(rate) if rate is not None else None)
+    if servables is not None:
+        app[SERVABLES] = servables
     app.router.add_get("/manifests/{digest}", _get_manifest, allow_head=False)
     app.router.add_get("/images/{sha256}", _image, allow_head=True)
+    app.router.add_get("/chunks/{sha256}", _chunks, allow_head=False)
     return app
 
 
@@ -354,10 +425,11 @@ class TransferServer:
         settings: TransferServerSettings | None = None,
         *,
         on_load_change: Callable[[int], None] | None = None,
+        servables: Servables | None = None,
     ) -> None:
         self.settings = settings or TransferServerSettings()
         self.app = create_transfer_app(catalog, tokens, self.settings,
-                                       on_load_change=on_load_change)
+                                       on_load_change=on_load_change, servables=servables)
         self._runner: web.AppRunner | None = None
 
     @property
