@@ -134,6 +134,9 @@ class DonorSettings:
     # this many offers for a solicit, so the console serves only what peers cannot.
     console_offer_delay_s: float = 0.1
     suppress_after: int = 3
+    # Fleet circuit breaker: withhold an image after this many distinct recipients
+    # reported that it did not boot (docs/protocol.md, REPORT).
+    breaker_failures: int = 3
 
 
 @dataclass(frozen=True)
@@ -296,6 +299,7 @@ def _donor(s: _Section) -> DonorSettings:
         rate_limit_bps=s.get_int("rate_limit_bps", 0, 0, 10**11),
         console_offer_delay_s=s.get_float("console_offer_delay_s", 0.1, 0.0, 60.0),
         suppress_after=s.get_int("suppress_after", 3, 1, 1000),
+        breaker_failures=s.get_int("breaker_failures", 3, 1, 10_000),
     )
     s.done()
     return result

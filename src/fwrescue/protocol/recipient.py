@@ -187,6 +187,8 @@ class RecipientSession:
         self._round_excluded: dict[str, str] = {}
         self._failed_donors: set[str] = set()
         self._declined: dict[str, None] = {}  # insertion-ordered set of digests
+        self._excluded: dict[str, str] = {}  # donor id -> why (swarming: already in use)
+        self._required_digest: str | None = None
 
     # --- inspection ------------------------------------------------------------------------
 
@@ -282,6 +284,16 @@ class RecipientSession:
 
     # --- caller API ------------------------------------------------------------------------
 
+    def require_digest(self, digest: str) -> None:
+        """Accept only offers of ``digest`` (a swarm's extra sessions: same image)."""
+        self._required_digest = digest
+
+    def exclude_donor(self, donor_id: str, reason: str) -> None:
+        """Never accept ``donor_id`` in this session (e.g. already serving this image to us
+        in another session). Offers from it are rejected with ``reason``."""
+        self._excluded[donor_id] = _clean_reason(reason)
+
+
     def donor_failed(self, reason: str, now: float) -> None:
         """The transfer from the ACKed donor failed: never use it again; try the next offer."""
         self._sm.expect(_S.BOUND, action="donor_failed")
@@ -365,6 +377,10 @@ class RecipientSession:
             return f"manifest digest {offer.manifest_digest[:12]}… was declined earlier"
         if offer.donor_id in self._failed_donors:
             return f"donor {offer.donor_id} failed earlier"
+        if offer.donor_id in self._excluded:
+            return f"donor {offer.donor_id} excluded: {self._excluded[offer.donor_id]}"
+        if self._required_digest is not None and offer.manifest_digest != self._required_digest:
+            return f"not the image being fetched ({offer.manifest_digest[:12]}…)"
         if offer.donor_id in self._round_excluded:
             return f"donor {offer.donor_id} {self._round_excluded[offer.donor_id]}"
         return None
