@@ -316,6 +316,9 @@ class DonorResponder:
         return delay
 
     def _on_solicit(self, solicit: Solicit, now: float) -> None:
+        if solicit.recipient_id == self.identity.donor_id:
+            self.ignored["own solicit looped back"] += 1  # a node never donates to itself
+            return
         key = (solicit.recipient_id, solicit.xid)
         st = self._solicits.get(key)
         if st is not None:

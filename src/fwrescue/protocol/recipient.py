@@ -285,7 +285,8 @@ class RecipientSession:
     # --- caller API ------------------------------------------------------------------------
 
     def require_digest(self, digest: str) -> None:
-        """Accept only offers of ``digest`` (a swarm's extra sessions: same image)."""
+        """Accept only offers of ``digest`` (a swarm's extra sessions: same image); offers
+        of other digests are rejected and their digests declined in later SOLICITs."""
         self._required_digest = digest
 
     def exclude_donor(self, donor_id: str, reason: str) -> None:
@@ -380,6 +381,9 @@ class RecipientSession:
         if offer.donor_id in self._excluded:
             return f"donor {offer.donor_id} excluded: {self._excluded[offer.donor_id]}"
         if self._required_digest is not None and offer.manifest_digest != self._required_digest:
+            # Committed to one image: every other digest is declined for this session, and
+            # the next SOLICIT says so, so its donors stop offering (and suppressing others).
+            self._declined[offer.manifest_digest] = None
             return f"not the image being fetched ({offer.manifest_digest[:12]}…)"
         if offer.donor_id in self._round_excluded:
             return f"donor {offer.donor_id} {self._round_excluded[offer.donor_id]}"
