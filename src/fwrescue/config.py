@@ -137,6 +137,9 @@ class DonorSettings:
     # Fleet circuit breaker: withhold an image after this many distinct recipients
     # reported that it did not boot (docs/protocol.md, REPORT).
     breaker_failures: int = 3
+    # Seed of last resort (a console): once it sent this many images' worth of one image
+    # and heard a complete peer offer it, it stops serving it (0 = never caps).
+    egress_cap_images: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,7 @@ def _donor(s: _Section) -> DonorSettings:
         console_offer_delay_s=s.get_float("console_offer_delay_s", 0.1, 0.0, 60.0),
         suppress_after=s.get_int("suppress_after", 3, 1, 1000),
         breaker_failures=s.get_int("breaker_failures", 3, 1, 10_000),
+        egress_cap_images=s.get_float("egress_cap_images", 0.0, 0.0, 1000.0),
     )
     s.done()
     return result

@@ -42,7 +42,10 @@ from fwrescue.transfer.tokens import TokenRegistry
 from fwrescue.transport.link import Link, open_link
 from fwrescue.transport.udp import SessionDriver
 
-__all__ = ["DonorService", "DonorStats", "codec_for"]
+__all__ = ["PEER_SEEN_S", "DonorService", "DonorStats", "codec_for"]
+
+# A complete peer's offer overheard this recently means peers can serve that image.
+PEER_SEEN_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +86,47 @@ class DonorService:
         self.served = DonorCatalog(store, partial)
         self.server = TransferServer(self.served, self.tokens, TransferServerSettings(
             max_uploads=settings.max_uploads,
-            rate_limit_bps=settings.rate_limit_bps or None), servables=self.served)
+            rate_limit_bps=settings.rate_limit_bps or None), servables=self.served,
+            admit_image=self._admits)
         self.withheld: dict[str, ImageWithheld] = {}
         self.on_withheld: list[Callable[[ImageWithheld], None]] = []
         self._report_codec = codec_for(network)
+        self.capped_images: set[str] = set()
+        self._booked: dict[str, int] = {}  # image bytes committed to send, by sha256
         self.stats = DonorStats()
         self.transfer_url: str | None = None
         self._driver: SessionDriver | None = None
         self.responder: DonorResponder | None = None
+
+    def capped(self, sha256: str, size: int, digest: str, more: int = 0) -> bool:
+        """Seed of last resort: a complete peer offered this image within the last
+        :data:`PEER_SEEN_S` seconds, and serving ``more`` bytes would take what this
+        donor committed to send of it past ``egress_cap_images`` images."""
+        cap = self._settings.egress_cap_images
+        if cap <= 0 or self.responder is None:
+            return False
+        seen = self.responder.peer_offers.get(digest)
+        if seen is None or time.time() - seen >= PEER_SEEN_S:
+            return False
+        return self._booked.get(sha256, 0) + more > cap * size
+
+    def _admits(self, sha256: str, length: int) -> bool:
+        """Asked by the transfer server before each image body of ``length`` bytes."""
+        for stored in self._store.list():
+            m = stored.manifest
+            if m.sha256 != sha256:
+                continue
+            if self.capped(sha256, m.size, stored.digest, more=length):
+                if sha256 not in self.capped_images:
+                    self.capped_images.add(sha256)
+                    log.info("%s: capped %s after %d bytes: peers serve it", self._donor_id,
+                             sha256[:12], self._booked.get(sha256, 0))
+                return False
+            if self._settings.egress_cap_images > 0 and (
+                    sha256 in self._booked or len(self._booked) < 4096):
+                self._booked[sha256] = self._booked.get(sha256, 0) + length
+            return True
+        return True
 
     def catalog(self) -> list[OfferableImage]:
         partial = self.partial.offerable() if self.partial is not None else []
@@ -99,7 +135,8 @@ class DonorService:
                                version=s.manifest.version,
                                security_version=s.manifest.security_version,
                                size=s.manifest.size)
-                for s in self._store.list()]
+                for s in self._store.list()
+                if not self.capped(s.manifest.sha256, s.manifest.size, s.digest, more=1)]
 
     async def start(self) -> None:
         self.transfer_url = await self.server.start(self._network.transfer_host,

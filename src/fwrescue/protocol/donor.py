@@ -199,6 +199,8 @@ class DonorResponder:
         self.ignored: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()  # solicits deliberately left unanswered, by why
         self.breaker = CircuitBreaker(threshold=limits.breaker_threshold)
+        # digest -> when a complete peer's offer of it was last overheard (insertion order)
+        self.peer_offers: dict[str, float] = {}
 
     # --- inspection ------------------------------------------------------------------------
 
@@ -347,6 +349,12 @@ class DonorResponder:
             self.ignored["own offer looped back"] += 1
             return
         self.ignored["overheard offer"] += 1
+        if offer.donor_kind is DonorKind.PEER and offer.held is None:
+            # A complete peer can serve this image (a console caps itself on this).
+            if len(self.peer_offers) >= self.limits.max_tracked:
+                self.peer_offers.pop(next(iter(self.peer_offers)))
+            self.peer_offers.pop(offer.manifest_digest, None)
+            self.peer_offers[offer.manifest_digest] = now
         st = self._solicits.get((offer.recipient_id, offer.xid))
         if st is not None:
             st.overheard += 1

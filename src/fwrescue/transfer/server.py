@@ -31,6 +31,7 @@ Unpaced bodies go out with zero-copy ``sendfile`` in ``read_block`` pieces; pace
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 from collections import OrderedDict
@@ -120,6 +121,7 @@ class ServerStats:
     uploads_refused: int
     image_bytes: int
     bytes_by_token: dict[str, int]
+    bytes_by_image: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class _State:
@@ -130,6 +132,8 @@ class _State:
         self.on_load_change = on_load_change
         self.pacer = pacer
         self.partial_refused = 0
+        self.capped_refused = 0
+        self.by_image: dict[str, int] = {}
         self.active = 0
         self.peak = 0
         self.started = 0
@@ -137,8 +141,10 @@ class _State:
         self.image_bytes = 0
         self.by_token: OrderedDict[str, int] = OrderedDict()
 
-    def add_bytes(self, token: str, n: int) -> None:
+    def add_bytes(self, token: str, n: int, sha256: str | None = None) -> None:
         self.image_bytes += n
+        if sha256 is not None and (sha256 in self.by_image or len(self.by_image) < 4096):
+            self.by_image[sha256] = self.by_image.get(sha256, 0) + n
         self.by_token[token] = self.by_token.get(token, 0) + n
         self.by_token.move_to_end(token)
         while len(self.by_token) > _MAX_TOKEN_STATS:
@@ -153,7 +159,8 @@ class _State:
     def snapshot(self) -> ServerStats:
         return ServerStats(active_uploads=self.active, peak_uploads=self.peak,
                            uploads_started=self.started, uploads_refused=self.refused,
-                           image_bytes=self.image_bytes, bytes_by_token=dict(self.by_token))
+                           image_bytes=self.image_bytes, bytes_by_token=dict(self.by_token),
+                           bytes_by_image=dict(self.by_image))
 
 
 IMAGE_CATALOG = web.AppKey("fwrescue_image_catalog", ImageCatalog)
@@ -161,6 +168,7 @@ TOKENS = web.AppKey("fwrescue_tokens", TokenRegistry)
 SETTINGS = web.AppKey("fwrescue_transfer_settings", TransferServerSettings)
 SERVER_STATE = web.AppKey("fwrescue_transfer_state", _State)
 SERVABLES = web.AppKey("fwrescue_servables", Servables)
+ADMIT: web.AppKey[Callable[[str, int], bool]] = web.AppKey("fwrescue_admit_image")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -318,6 +326,12 @@ async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
         return resp
     state = request.app[SERVER_STATE]
     settings = request.app[SETTINGS]
+    admit = request.app.get(ADMIT)
+    if admit is not None and not admit(sha256, last - first + 1):
+        state.capped_refused += 1
+        return _error(503, "Base.1.22.ServiceTemporarilyUnavailable",
+                      "this donor no longer serves this image: peers can",
+                      {"Retry-After": str(settings.retry_after_s)})
     if state.active >= settings.max_uploads:
         state.refused += 1
         return _error(503, "Base.1.22.ServiceTemporarilyUnavailable", "donor is busy",
@@ -326,7 +340,7 @@ async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
     state.load(+1)
     try:
         await resp.prepare(request)
-        await _stream(request, resp, fd, first, last, token)
+        await _stream(request, resp, fd, first, last, token, sha256)
         await resp.write_eof()
     finally:
         state.load(-1)
@@ -334,14 +348,14 @@ async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
 
 
 async def _stream(request: web.Request, resp: web.StreamResponse, fd: int, first: int,
-                  last: int, token: str) -> None:
+                  last: int, token: str, sha256: str | None = None) -> None:
     settings = request.app[SETTINGS]
     state = request.app[SERVER_STATE]
     loop = asyncio.get_running_loop()
     pacer = state.pacer
     offset, end = first, last + 1
     if pacer is None:
-        offset = await _sendfile(request, fd, offset, end, token)
+        offset = await _sendfile(request, fd, offset, end, token, sha256)
     rate = pacer.rate_bps if pacer is not None else 0
     block = settings.read_block if pacer is None else max(4096, min(settings.read_block,
                                                                     rate // 20))
@@ -356,10 +370,11 @@ async def _stream(request: web.Request, resp: web.StreamResponse, fd: int, first
             raise ConnectionResetError("image file shorter than announced")
         await resp.write(data)
         offset += len(data)
-        state.add_bytes(token, len(data))
+        state.add_bytes(token, len(data), sha256)
 
 
-async def _sendfile(request: web.Request, fd: int, offset: int, end: int, token: str) -> int:
+async def _sendfile(request: web.Request, fd: int, offset: int, end: int, token: str,
+                    sha256: str | None = None) -> int:
     """Send ``[offset, end)`` of ``fd`` with zero-copy ``sendfile`` in ``read_block``
     pieces (so ``bytes_by_token`` moves as the body does) and return the offset reached:
     ``end``, or less when the transport cannot sendfile (TLS) and the caller streams
@@ -375,17 +390,17 @@ async def _sendfile(request: web.Request, fd: int, offset: int, end: int, token:
             piece = min(piece_size, end - offset)
             # Counted when handed over, as the copy loop counts a buffered write: the
             # peer may have read the piece before this coroutine resumes.
-            state.add_bytes(token, piece)
+            state.add_bytes(token, piece, sha256)
             try:
                 sent = await loop.sendfile(transport, file, offset, piece, fallback=False)
             except NotImplementedError:
-                state.add_bytes(token, -piece)
+                state.add_bytes(token, -piece, sha256)
                 return offset
             except BaseException:
-                state.add_bytes(token, -piece)
+                state.add_bytes(token, -piece, sha256)
                 raise
             if sent < piece:
-                state.add_bytes(token, sent - piece)
+                state.add_bytes(token, sent - piece, sha256)
                 raise ConnectionResetError("image file shorter than announced")
             offset += sent
     return offset
@@ -398,9 +413,11 @@ def create_transfer_app(
     *,
     on_load_change: Callable[[int], None] | None = None,
     servables: Servables | None = None,
+    admit_image: Callable[[str, int], bool] | None = None,
 ) -> web.Application:
     """Build the donor's transfer application (no global state). With ``servables`` it
-    also answers ``/chunks/{sha256}`` and serves partial images (see the module doc)."""
+    also answers ``/chunks/{sha256}`` and serves partial images (see the module doc).
+    ``admit_image(sha256, length)`` is asked before each image body: False → 503."""
     app = web.Application(client_max_size=1024)  # requests carry no body
     app[IMAGE_CATALOG] = catalog
     app[TOKENS] = tokens
@@ -409,6 +426,8 @@ def create_transfer_app(
     app[SERVER_STATE] = _State(on_load_change, Pacer(rate) if rate is not None else None)
     if servables is not None:
         app[SERVABLES] = servables
+    if admit_image is not None:  # e.g. a console that stops serving what peers can
+        app[ADMIT] = admit_image
     app.router.add_get("/manifests/{digest}", _get_manifest, allow_head=False)
     app.router.add_get("/images/{sha256}", _image, allow_head=True)
     app.router.add_get("/chunks/{sha256}", _chunks, allow_head=False)
@@ -426,10 +445,12 @@ class TransferServer:
         *,
         on_load_change: Callable[[int], None] | None = None,
         servables: Servables | None = None,
+        admit_image: Callable[[str, int], bool] | None = None,
     ) -> None:
         self.settings = settings or TransferServerSettings()
         self.app = create_transfer_app(catalog, tokens, self.settings,
-                                       on_load_change=on_load_change, servables=servables)
+                                       on_load_change=on_load_change, servables=servables,
+                                       admit_image=admit_image)
         self._runner: web.AppRunner | None = None
 
     @property
