@@ -17,7 +17,7 @@ import dataclasses
 import random
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,54 +97,57 @@ def start_console(plan: FleetPlan, spec: FleetSpec) -> ConsoleDonor:
                         settings=settings)
 
 
-async def run_agents(nodes: list[NodeSpec], *, timeout: float,
-                     seed: int = 1) -> tuple[list[NodeOutcome], float]:
-    """Start ``nodes``' agents, wait for every corrupted one to recover; return the
-    outcomes and the peak RSS (MiB) of this process."""
+async def run_agents(nodes: list[NodeSpec], *, timeout: float, seed: int = 1,
+                     ready: Callable[[], Awaitable[float]] | None = None,
+                     ) -> tuple[list[NodeOutcome], float]:
+    """Start ``nodes``' agents; then (after ``ready()``, which returns the common start
+    time on the monotonic clock, e.g. a barrier shared with other worker processes) start
+    every corrupted node's recovery at once and wait for all of them. Returns the
+    outcomes (times from that start) and this process's RSS growth in MiB."""
     # Every agent stands for its own BMC: give the flash writes threads of their own.
     asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=min(64, len(nodes) + 4)))
+        ThreadPoolExecutor(max_workers=len(nodes) + 4))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     agents = [Agent(n.config, rng=random.Random(seed * 7919 + i)) for i, n in enumerate(nodes)]
     staged_at: dict[str, float] = {}
     booted_at: dict[str, float] = {}
-    started = time.monotonic()
+    clock: list[float] = [time.monotonic()]
 
     def listener(node_id: str) -> Callable[[OperationEvent], None]:
         def on_event(event: OperationEvent) -> None:
             entry = event.transcript_entry
             what = entry.get("event") if entry is not None else None
             if what == "transferred":  # the verified image is complete in staging
-                staged_at.setdefault(node_id, time.monotonic() - started)
+                staged_at.setdefault(node_id, time.monotonic() - clock[0])
             elif what == "done":  # flashed, read back and the host booted
-                booted_at.setdefault(node_id, time.monotonic() - started)
+                booted_at.setdefault(node_id, time.monotonic() - clock[0])
         return on_event
 
     for node, agent in zip(nodes, agents, strict=True):
         agent.events.callbacks.append(listener(node.node_id))
     try:
         for agent in agents:
-            await agent.start()
-        waits = [a.wait_idle() for n, a in zip(nodes, agents, strict=True) if n.corrupted]
-        await asyncio.wait_for(asyncio.gather(*waits), timeout)
+            await agent.start(run_startup_checks=False)
+        clock[0] = await ready() if ready is not None else time.monotonic()
+        pairs = [(n, a) for n, a in zip(nodes, agents, strict=True) if n.corrupted]
+        results = await asyncio.wait_for(asyncio.gather(
+            *(a.recover("bios", "fleet lost its BIOS at once") for _, a in pairs)), timeout)
         outcomes = []
-        for node, agent in zip(nodes, agents, strict=True):
-            if not node.corrupted:
-                continue
-            result = agent.results.get("bios")
+        for (node, agent), result in zip(pairs, results, strict=True):
             image = node.release.image.read_bytes()
             flash_ok = node.flash_path.read_bytes()[:len(image)] == image
             fetcher = agent.fetchers.get("bios")
             stats = fetcher.last_stats if fetcher is not None else None
             outcomes.append(NodeOutcome(
-                node_id=node.node_id, ok=bool(result and result.ok),
-                reason=result.reason if result else "no result",
+                node_id=node.node_id, ok=result.ok, reason=result.reason,
                 staged_s=staged_at.get(node.node_id), booted_s=booted_at.get(node.node_id),
                 flash_ok=flash_ok,
                 bytes_received=stats.bytes_received if stats else 0,
                 refetched_chunks=stats.refetched_chunks if stats else 0,
                 donors=dict(stats.bytes_by_donor) if stats else {},
                 dropped=dict(stats.dropped) if stats else {}))
-        return outcomes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+        return outcomes, rss
     finally:
         for agent in agents:
             await agent.stop()

@@ -342,6 +342,10 @@ async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
         await resp.prepare(request)
         await _stream(request, resp, fd, first, last, token, sha256)
         await resp.write_eof()
+    except ConnectionResetError:
+        # The recipient went away (it had what it needed, or gave up): nothing to answer.
+        if request.transport is not None:
+            request.transport.close()
     finally:
         state.load(-1)
     return resp
