@@ -149,7 +149,8 @@ class DonorService:
                                lease_s=self._settings.lease_s,
                                console_extra_delay=self._settings.console_offer_delay_s,
                                suppress_after=self._settings.suppress_after,
-                               breaker_threshold=self._settings.breaker_failures),
+                               breaker_threshold=self._settings.breaker_failures,
+                               defer_s=self._settings.defer_offers_s),
             codec=codec_for(self._network), rng=self._rng)
         self._driver = SessionDriver(self.responder, self._link_factory(),
                                      on_event=self._on_event)

@@ -74,6 +74,8 @@ __all__ = ["DonorIdentity", "DonorLimits", "DonorResponder", "OfferableImage"]
 log = logging.getLogger(__name__)
 _S, _I = DonorState, DonorInput
 _PLACEHOLDER_DIGEST = "0" * 64
+# An OFFER nobody ACCEPTed or overheard losing within this long no longer holds a slot.
+OFFER_LIFETIME_S = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,14 +148,21 @@ class DonorLimits:
     max_tracked: int = 1024  # solicits remembered at once (bounds memory under a flood)
     state_ttl: float = 60.0  # forget a solicit this long after its last message
     breaker_threshold: int = 3  # distinct boot_failed REPORTs that withhold an image
+    # Deferred offers: keep a solicit we cannot answer yet (full, or image not held yet)
+    # this long and re-check every recheck_s (0 turns deferral off).
+    defer_s: float = 0.0
+    recheck_s: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("lease_s", "base_delay", "jitter", "console_extra_delay", "state_ttl"):
+        for name in ("lease_s", "base_delay", "jitter", "console_extra_delay", "state_ttl",
+                     "defer_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ConfigError("limit must be finite non-negative seconds", limit=name)
         if not 0 < self.lease_s <= 86_400:
             raise ConfigError("lease_s must be in (0, 86400]")
+        if not 0.01 <= self.recheck_s <= 60 or self.defer_s > 3600:
+            raise ConfigError("recheck_s must be in [0.01, 60] and defer_s at most 3600")
         for name in ("capacity", "suppress_after", "max_tracked", "breaker_threshold"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65_535:
@@ -168,6 +177,7 @@ class _SolicitState:
             DONOR_TRANSITIONS, _S.PENDING, _S.ERROR)
         self.solicit = solicit
         self.offer_at: float | None = None
+        self.offered_at: float | None = None  # when our OFFER went out (pending until ACCEPT)
         self.overheard = 0
         self.last_seen = now
         self.token: str | None = None
@@ -199,6 +209,9 @@ class DonorResponder:
         self.ignored: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()  # solicits deliberately left unanswered, by why
         self.breaker = CircuitBreaker(threshold=limits.breaker_threshold)
+        # solicits we could not answer yet -> until when we keep trying (deferred offers)
+        self._waiting: dict[tuple[str, int], float] = {}
+        self._recheck_at: float | None = None
         # digest -> when a complete peer's offer of it was last overheard (insertion order)
         self.peer_offers: dict[str, float] = {}
 
@@ -247,12 +260,16 @@ class DonorResponder:
     def get_timer(self) -> float | None:
         deadlines = [st.offer_at for st in self._solicits.values() if st.offer_at is not None]
         deadlines.extend(r.expires_at for r in self._reservations.values())
+        if self._waiting and self._recheck_at is not None:
+            deadlines.append(self._recheck_at)
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
         for st in list(self._solicits.values()):
             if st.offer_at is not None and now >= st.offer_at:
                 self._send_offer(st, now)
+        if self._waiting and self._recheck_at is not None and now >= self._recheck_at:
+            self._recheck(now)
         for token, res in list(self._reservations.items()):
             if now >= res.expires_at:
                 self._end(token, "lease expired")
@@ -323,26 +340,73 @@ class DonorResponder:
             return
         key = (solicit.recipient_id, solicit.xid)
         st = self._solicits.get(key)
+        deferred = False
         if st is not None:
             st.last_seen = now
-            if not st.sm.can(_I.RESOLICIT):
+            deferred = st.sm.state is _S.PENDING and st.offer_at is None
+            if not deferred and not st.sm.can(_I.RESOLICIT):
                 self.ignored[f"repeated solicit while {st.sm.state.value}"] += 1
                 return
+        why = None
         if self.load >= self.limits.capacity:
-            self.skipped["at capacity"] += 1
-            return
-        if self._best_image(solicit) is None:
-            self.skipped["no matching image"] += 1
+            why = "at capacity"
+        elif self._best_image(solicit) is None:
+            why = "no matching image"
+        if why is not None and self.limits.defer_s <= 0:
+            self.skipped[why] += 1
             return
         if st is None:
             if len(self._solicits) >= self.limits.max_tracked:
                 self.skipped["tracking table full"] += 1
                 return
             st = self._solicits[key] = _SolicitState(solicit, now)
+        elif deferred:  # a retransmit of a solicit we deferred: still pending
+            self._waiting.pop(key, None)
+            st.solicit, st.overheard = solicit, 0
         else:
             st.sm.fire(_I.RESOLICIT)
             st.solicit, st.overheard = solicit, 0
+        if why is not None:
+            # Deferred offer: remember the solicit for ``defer_s`` and offer as soon as a
+            # slot frees or the image arrives (a partial donor's first verified chunk),
+            # instead of leaving the recipient to its next, backed-off retransmit.
+            self.skipped[f"{why} (deferred)"] += 1
+            self._waiting.pop(key, None)
+            self._waiting[key] = now + self.limits.defer_s
+            if self._recheck_at is None or self._recheck_at <= now:
+                self._recheck_at = now + self.limits.recheck_s
+            return
         st.offer_at = now + self._offer_delay()
+
+    def _recheck(self, now: float) -> None:
+        """Offer to waiting solicits while free slots last (O(free slots) when able)."""
+        self._recheck_at = now + self.limits.recheck_s
+        free = self.limits.capacity - self.load - self._offers_out(now) - sum(
+            1 for st in self._solicits.values() if st.offer_at is not None)
+        withheld = self.breaker.is_withheld
+        catalog = [i for i in self._catalog() if not withheld(i.manifest_digest)] \
+            if free > 0 else []
+        for key, until in list(self._waiting.items()):
+            st = self._solicits.get(key)
+            if until < now or st is None or st.sm.state is not _S.PENDING \
+                    or st.offer_at is not None:
+                del self._waiting[key]
+                continue
+            if free <= 0 or not catalog:
+                continue
+            if any(img.fits(st.solicit) for img in catalog):
+                del self._waiting[key]
+                st.offer_at = now + self._offer_delay()
+                free -= 1
+        if not self._waiting:
+            self._recheck_at = None
+
+    def _offers_out(self, now: float) -> int:
+        """Offers sent and neither accepted nor lost yet, within one offer lifetime."""
+        horizon = now - OFFER_LIFETIME_S
+        return sum(1 for st in self._solicits.values()
+                   if st.sm.state is _S.OFFERED and st.offered_at is not None
+                   and st.offered_at >= horizon)
 
     def _on_offer(self, offer: Offer, now: float) -> None:
         if offer.donor_id == self.identity.donor_id:
@@ -368,6 +432,10 @@ class DonorResponder:
             why = "suppressed (enough offers overheard)"
         elif self.load >= self.limits.capacity:
             why = "at capacity"
+        elif self.load + self._offers_out(now) >= self.limits.capacity:
+            # Offers are promises: never make more than the free slots could keep, so the
+            # other recipients hear no offer from us and others (the console) answer them.
+            why = "at capacity (offers outstanding)"
         elif image is None:
             why = "no matching image"
         if why is not None or image is None:
@@ -375,6 +443,7 @@ class DonorResponder:
             self.skipped[why or "no matching image"] += 1
             return
         st.sm.fire(_I.SEND)
+        st.offered_at = now
         s = st.solicit
         ident = self.identity
         offer = Offer(xid=s.xid, recipient_id=s.recipient_id, donor_id=ident.donor_id,

@@ -55,6 +55,7 @@ class SwarmSettings:
 
     limits: SwarmLimits = field(default_factory=SwarmLimits)
     max_sessions: int = 12  # negotiation sessions per fetch (bounds re-solicits)
+    max_negotiating: int = 2  # sessions looking for a donor at once
     have_refresh_s: float = 0.5  # re-read an idle partial donor's have-map this often
     idle_release_s: float = 5.0  # release a partial donor idle (useless) this long
     give_up_cooldown_s: float = 2.0  # after an extra session gave up, wait this long
@@ -63,8 +64,10 @@ class SwarmSettings:
     max_fruitless: int = 2
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_sessions <= 256 or not 1 <= self.max_fruitless <= 256:
-            raise ConfigError("max_sessions and max_fruitless must be in [1, 256]")
+        for name in ("max_sessions", "max_fruitless", "max_negotiating"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= 256:
+                raise ConfigError("swarm count must be an integer in [1, 256]", setting=name)
         for name in ("have_refresh_s", "idle_release_s", "give_up_cooldown_s",
                      "secondary_jitter_s"):
             value = getattr(self, name)
@@ -113,6 +116,7 @@ class NetworkRecovery:
         self._link_factory = link_factory or (lambda: open_link(network))
         self._partial = partial
         self._ingress = Pacer(ingress_bps) if ingress_bps else None
+        self.ingress_bps = ingress_bps
         # A backstop: sessions end by themselves (max_solicits) and transfers by their stall
         # timeouts; this bounds the whole fetch even if a part misbehaves.
         self._deadline_s = deadline_s
@@ -137,6 +141,14 @@ class NetworkRecovery:
     def share_partial(self, staged: StagedImage, manifest_raw: bytes, digest: str) -> None:
         if self._partial is not None:
             self._partial.add(staged, manifest_raw, digest)
+
+    def finalizing_partial(self, sha256: str) -> None:
+        if self._partial is not None:
+            self._partial.finalizing(sha256)
+
+    def finish_partial(self, sha256: str, path: Path) -> None:
+        if self._partial is not None:
+            self._partial.finished(sha256, path)
 
     def forget_partial(self, sha256: str) -> None:
         if self._partial is not None:

@@ -145,6 +145,7 @@ class SwarmRun:
         self._staged: StagedImage | None = None
         self._scheduler: SwarmScheduler | None = None
         self._sync: asyncio.Future[None] | None = None
+        self._refresh_s = self._settings.have_refresh_s
         self._done_bytes = 0
         self._started = time.monotonic()
         self.stats = SwarmStats()
@@ -212,8 +213,8 @@ class SwarmRun:
         await driver.start()
         driver.act(session.start)
 
-    def _negotiating(self) -> bool:
-        return any(not s.done and s.offer is None for s in self._slots)
+    def _negotiating(self) -> int:
+        return sum(1 for s in self._slots if not s.done and s.offer is None)
 
     async def _pump(self) -> None:
         scheduler = self._scheduler
@@ -234,13 +235,16 @@ class SwarmRun:
             if now - slot.idle_since >= settings.idle_release_s:
                 self._drop(slot, "idle: holds no chunk we still lack", release=True)
             elif slot.refresh is None:
-                slot.refresh = asyncio.create_task(self._refresh(slot, settings.have_refresh_s))
+                slot.refresh = asyncio.create_task(self._refresh(slot, self._refresh_s))
         stuck = not self._by_donor and not self._negotiating() and not self._tasks
         if stuck and self._fruitless >= settings.max_fruitless:
             raise RecoveryFailed("no donor delivered a verified image: every donor of the "
                                  "image failed or was dropped", dropped=len(scheduler.dropped),
                                  sessions=len(self._slots))
-        if (scheduler.wants_donor() and not self._negotiating()
+        negotiating = self._negotiating()
+        wanted = scheduler.wants_donor() and (
+            len(self._by_donor) + negotiating < settings.limits.max_donors)
+        if (wanted and negotiating < settings.max_negotiating
                 and len(self._slots) < settings.max_sessions
                 and (stuck or now >= self._cooldown_until)):
             if stuck and now < self._cooldown_until:  # nothing else to wait for
@@ -317,6 +321,12 @@ class SwarmRun:
             self._log("resumed", verified_chunks=len(kept), chunks=m.chunk_count)
         self._scheduler = SwarmScheduler(chunk_count=m.chunk_count, verified=kept,
                                          rng=self._owner.rng, limits=self._settings.limits)
+        # Re-read idle partial donors about every two chunk times of this node's link: a
+        # partial donor gains about one chunk per chunk time, so slower polling idles us.
+        ingress = self._owner.ingress_bps
+        self._refresh_s = self._settings.have_refresh_s
+        if ingress:
+            self._refresh_s = min(self._refresh_s, max(0.05, 2 * m.chunk_size / ingress))
         slot.session.require_digest(offer.manifest_digest)
         await self._add_donor(slot)
 
@@ -555,11 +565,14 @@ class SwarmRun:
             self._release(slot, "success")
         self._by_donor.clear()
         await self._await_sync()
-        self._owner.forget_partial(staged.sha256)
         self._staged = None
+        self._owner.finalizing_partial(staged.sha256)
         try:
             image = await asyncio.to_thread(staged.finalize, self._owner.verifier, verified)
+            # Keep serving the whole image from its final path until the store has it.
+            self._owner.finish_partial(staged.sha256, image)
         except ChunkMismatch as e:
+            self._owner.forget_partial(staged.sha256)
             # Every chunk matched the signed list: the signed manifest contradicts itself.
             raise RecoveryFailed("the verified chunks do not form the signed image",
                                  detail=str(e)) from e

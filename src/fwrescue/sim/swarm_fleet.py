@@ -39,7 +39,7 @@ class FleetSpec:
     chunk_size: int = 16 * 1024
     link_bps: int = 1024 * 1024  # bytes/s, every upload (or download) of a node together
     peer_uploads: int = 4
-    console_uploads: int = 16
+    console_uploads: int = 4
     console_only: bool = False  # peers do not donate: the baseline
     console_cap: float = 1.5  # images' worth the console sends once peers can serve
     timing_scale: float = 0.0  # flash pacing (W25Q256JV datasheet times x this)

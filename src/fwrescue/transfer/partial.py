@@ -103,6 +103,8 @@ class _Entry:
     staged: StagedImage
     manifest_raw: bytes
     manifest_digest: str
+    finished: _Complete | None = None  # verified whole, until the store takes it over
+    finalizing: bool = False  # being moved into place: serve nothing meanwhile
 
 
 class PartialImages:
@@ -123,6 +125,24 @@ class PartialImages:
     def remove(self, sha256: str) -> None:
         self._by_sha.pop(sha256, None)
 
+    def finalizing(self, sha256: str) -> None:
+        """The staging is being finalized (renamed, closed): answer 404 until
+        :meth:`finished`, never a have-map that would look shrunk."""
+        entry = self._by_sha.get(sha256)
+        if entry is not None:
+            entry.finalizing = True
+
+    def finished(self, sha256: str, path: Path) -> None:
+        """The staging was finalized into ``path`` (the whole image, verified): keep
+        serving it from there until the package store holds it, so recipients swarming
+        from this node see no gap between the staging and the store."""
+        entry = self._by_sha.get(sha256)
+        if entry is None:
+            return
+        m = entry.staged.verified.manifest
+        entry.finished = _Complete(size=m.size, path=path, chunk_count=m.chunk_count)
+        entry.finalizing = False
+
     def __contains__(self, sha256: object) -> bool:
         return sha256 in self._by_sha
 
@@ -134,12 +154,16 @@ class PartialImages:
 
     def servable(self, sha256: str) -> Servable | None:
         entry = self._by_sha.get(sha256)
-        return _Partial(entry.staged) if entry is not None else None
+        if entry is None or entry.finalizing:
+            return None
+        return entry.finished if entry.finished is not None else _Partial(entry.staged)
 
     def offerable(self) -> list[OfferableImage]:
         """Partial images holding at least one verified chunk, as OFFER material."""
         out = []
         for entry in list(self._by_sha.values()):
+            if entry.finished is not None or entry.finalizing:
+                continue  # the store offers it as a complete image soon
             try:
                 held = entry.staged.verified_count
             except FwRescueError:

@@ -11,7 +11,7 @@ import pytest
 from fwrescue.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from fwrescue.protocol.breaker import CircuitBreaker
 from fwrescue.protocol.codec import MAX_DATAGRAM, Codec
-from fwrescue.protocol.donor import DonorLimits
+from fwrescue.protocol.donor import DonorLimits, OfferableImage
 from fwrescue.protocol.events import ImageWithheld
 from fwrescue.protocol.messages import DonorKind, Nak, Offer, Report, ReportOutcome
 
@@ -140,3 +140,35 @@ def test_partial_image_is_offered_with_held_and_a_complete_one_is_preferred() ->
     r.send(both, solicit(xid=10), T0)
     (offer, _), = r.read(both, fire(both))
     assert offer.held is None
+
+
+def test_deferred_offer_goes_out_once_the_image_arrives_and_survives_retransmits() -> None:
+    held: list[OfferableImage] = []
+    donor = make_donor("d1", held, limits=DonorLimits(defer_s=2.0, recheck_s=0.1))
+    donor._catalog = lambda: held  # a partial donor that holds nothing yet
+    r = Recipient()
+    r.send(donor, solicit(), T0)
+    assert donor.get_timer() == pytest.approx(T0 + 0.1)  # re-checks while deferred
+    donor.handle_timer(T0 + 0.1)
+    assert r.read(donor, T0 + 0.1) == []  # still nothing to offer
+    assert donor.skipped["no matching image (deferred)"] == 1
+    r.send(donor, solicit(), T0 + 1.5)  # the recipient's retransmit keeps it waiting
+    held.append(dataclasses.replace(image(1), held=1))  # the first chunk verified
+    t = T0 + 2.5  # past the first deadline, within the refreshed one
+    donor.handle_timer(t)
+    t = fire(donor)
+    (offer, _), = r.read(donor, t)
+    assert offer.held == 1 and offer.xid == 9
+
+
+def test_offers_never_outnumber_free_slots() -> None:
+    donor = make_donor("d1", [image(1)], limits=DonorLimits(capacity=2))
+    r = Recipient()
+    sent = []
+    for n in range(4):
+        r.send(donor, solicit(xid=20 + n, rid=f"r{n}"), T0)
+    t = T0 + 1.0
+    donor.handle_timer(t)
+    sent = [m for m, _ in r.read(donor, t) if isinstance(m, Offer)]
+    assert len(sent) == 2
+    assert donor.skipped["at capacity (offers outstanding)"] == 2
