@@ -135,6 +135,11 @@ def run_fleet(root: Path, spec: FleetSpec, workers: int, timeout: float) -> dict
     if bad:
         raise SystemExit(f"N={spec.recipients}: {len(bad)} recipients failed: {bad[:3]}")
     nodes = sum(r.nodes for r in results)
+    dump = os.environ.get("FLEET_DUMP")
+    if dump:  # per-node outcomes, for looking into a run
+        Path(f"{dump}-{spec.recipients}.json").write_text(json.dumps(
+            [{"node": o.node_id, "staged": o.staged_s, "booted": o.booted_s,
+              "donors": o.donors, "dropped": o.dropped} for o in outcomes], indent=1))
     return {
         "staged": [o.staged_s for o in outcomes if o.staged_s is not None],
         "booted": [o.booted_s for o in outcomes if o.booted_s is not None],

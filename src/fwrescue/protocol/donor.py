@@ -74,8 +74,11 @@ __all__ = ["DonorIdentity", "DonorLimits", "DonorResponder", "OfferableImage"]
 log = logging.getLogger(__name__)
 _S, _I = DonorState, DonorInput
 _PLACEHOLDER_DIGEST = "0" * 64
+# The first bytes of every encoded OFFER body (compact JSON, type first: codec.py).
+_OFFER_PREFIX = b'{"t":"offer"'
+
 # An OFFER nobody ACCEPTed or overheard losing within this long no longer holds a slot.
-OFFER_LIFETIME_S = 2.0
+OFFER_LIFETIME_S = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,7 +235,15 @@ class DonorResponder:
     # --- driver interface ------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Process one datagram. Never raises for bad input: it is dropped and counted."""
+        """Process one datagram. Never raises for bad input: it is dropped and counted.
+
+        Storm control: an overheard OFFER only matters for suppression of a pending offer
+        of ours, or (a console) to learn that peers serve an image; otherwise it is
+        dropped before it is authenticated or parsed (compact JSON: the type comes first)."""
+        if (self.identity.kind is DonorKind.PEER and data[8:20] == _OFFER_PREFIX
+                and not any(st.offer_at is not None for st in self._solicits.values())):
+            self.ignored["overheard offer (prefilter)"] += 1
+            return
         try:
             msg = self._codec.decode(data, now)
         except RemoteProtocolError as e:

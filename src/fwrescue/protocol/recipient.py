@@ -188,6 +188,7 @@ class RecipientSession:
         self._failed_donors: set[str] = set()
         self._declined: dict[str, None] = {}  # insertion-ordered set of digests
         self._excluded: dict[str, str] = {}  # donor id -> why (swarming: already in use)
+        self._needle = f'"recipient_id":"{identity.node_id}"'.encode("ascii")
         self._required_digest: str | None = None
 
     # --- inspection ------------------------------------------------------------------------
@@ -250,9 +251,17 @@ class RecipientSession:
             self._next(now, why)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Process one datagram. Never raises for bad input: it is dropped and counted."""
+        """Process one datagram. Never raises for bad input: it is dropped and counted.
+
+        Storm control: only OFFER, ACK and NAK addressed to this node matter, and every
+        fwrescue encoder writes compact JSON, so a datagram that does not contain
+        ``"recipient_id":"<node id>"`` is dropped before it is authenticated or parsed
+        (dropping is always safe; nothing is accepted on this test)."""
         if self._sm.state in (_S.IDLE, _S.DONE, _S.GAVE_UP, _S.ERROR):
             self._drop("session not active", addr)
+            return
+        if data[:4] == b"FWRN" and self._needle not in data:  # malformed ones: decoded
+            self.ignored["not addressed to us (prefilter)"] += 1
             return
         try:
             msg = self._codec.decode(data, now)
