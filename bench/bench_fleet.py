@@ -56,7 +56,7 @@ class WorkerResult:
     nodes: int
 
 
-def _worker(root: str, spec: FleetSpec, indices: list[int], barrier: Any, t0: Any,
+def _worker(root: str, spec: FleetSpec, indices: list[int], barrier: Any, finished: Any,
             timeout: float, out: Any) -> None:
     """One worker process: build its agents, meet the others at the barrier, recover."""
     import pickle
@@ -64,6 +64,9 @@ def _worker(root: str, spec: FleetSpec, indices: list[int], barrier: Any, t0: An
     with open(Path(root) / "nodes.pickle", "rb") as f:
         all_nodes = pickle.load(f)
     nodes = [all_nodes[i] for i in indices]
+
+    async def done() -> None:
+        await asyncio.to_thread(finished.wait)
 
     async def ready() -> float:
         # Every process leaves the barrier at about the same instant; CLOCK_MONOTONIC is
@@ -74,7 +77,7 @@ def _worker(root: str, spec: FleetSpec, indices: list[int], barrier: Any, t0: An
     started_cpu = sum(os.times()[:2])
     try:
         outcomes, rss = asyncio.run(run_agents(nodes, timeout=timeout, seed=spec.seed,
-                                               ready=ready))
+                                               ready=ready, done=done))
     except BaseException as e:  # reported to the parent, which fails the run
         out.put(("error", repr(e)))
         return
@@ -104,9 +107,11 @@ def run_fleet(root: Path, spec: FleetSpec, workers: int, timeout: float) -> dict
     indices = list(range(len(plan.nodes)))
     groups = [indices[w::workers] for w in range(workers) if indices[w::workers]]
     barrier = ctx.Barrier(len(groups) + 1)
+    finished = ctx.Barrier(len(groups))  # workers stop their agents only together
     t0 = ctx.Value("d", 0.0)
     out = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(root), spec, g, barrier, t0, timeout, out))
+    procs = [ctx.Process(target=_worker,
+                         args=(str(root), spec, g, barrier, finished, timeout, out))
              for g in groups]
     wall0 = time.monotonic()
     for p in procs:

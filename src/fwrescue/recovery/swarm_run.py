@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from fwrescue.errors import (
     ChunkMismatch,
+    DonorUnavailable,
     FwRescueError,
     LocalError,
     RecoveryFailed,
@@ -65,6 +66,9 @@ if TYPE_CHECKING:
 __all__ = ["SwarmRun", "SwarmStats"]
 
 log = logging.getLogger(__name__)
+
+# How long a partial donor that just finished gets before its have-map is re-read.
+GRACE_S = 0.3
 
 
 @dataclass
@@ -95,6 +99,7 @@ class _Slot:
     refresh: asyncio.Task[None] | None = None
     idle_since: float | None = None
     done: bool = False
+    grace_used: bool = False  # a partial donor's one 404 while it moves into its store
 
     @property
     def donor_id(self) -> str | None:
@@ -453,6 +458,8 @@ class SwarmRun:
             return
         if slot.donor_id != req.donor_id:
             return  # the slot moved on already
+        if self._finishing_donor(slot, error):
+            return
         if isinstance(error, ChunkMismatch):
             index = error.fields.get("index")
             scheduler.chunk_failed(req, index if isinstance(index, int) else req.first,
@@ -494,7 +501,8 @@ class SwarmRun:
         if slot.donor_id != donor_id or donor_id not in scheduler.active_donors:
             return
         if isinstance(have, BaseException):
-            self._drop(slot, f"have-map: {have}")
+            if not self._finishing_donor(slot, have):
+                self._drop(slot, f"have-map: {have}")
             return
         try:
             scheduler.update_have(donor_id, have, time.monotonic())
@@ -505,6 +513,19 @@ class SwarmRun:
             self._drop(slot, scheduler.dropped[donor_id], carrier=True)
 
     # --- donor endings ----------------------------------------------------------------
+
+    def _finishing_donor(self, slot: _Slot, error: BaseException) -> bool:
+        """A partial donor answers 404 for a moment while its finished image moves from
+        staging into its store: give it one grace re-read of its have-map."""
+        offer = slot.offer
+        if (offer is None or offer.held is None or slot.grace_used
+                or not isinstance(error, DonorUnavailable) or error.fields.get("status") != 404):
+            return False
+        slot.grace_used = True
+        if slot.refresh is None:
+            slot.refresh = asyncio.create_task(self._refresh(slot, GRACE_S))
+        self._log("donor finishing", donor=offer.donor_id, retry_s=GRACE_S)
+        return True
 
     def _drop(self, slot: _Slot, reason: str, *, carrier: bool = False,
               release: bool = False) -> None:

@@ -99,11 +99,13 @@ def start_console(plan: FleetPlan, spec: FleetSpec) -> ConsoleDonor:
 
 async def run_agents(nodes: list[NodeSpec], *, timeout: float, seed: int = 1,
                      ready: Callable[[], Awaitable[float]] | None = None,
+                     done: Callable[[], Awaitable[None]] | None = None,
                      ) -> tuple[list[NodeOutcome], float]:
     """Start ``nodes``' agents; then (after ``ready()``, which returns the common start
     time on the monotonic clock, e.g. a barrier shared with other worker processes) start
     every corrupted node's recovery at once and wait for all of them. Returns the
-    outcomes (times from that start) and this process's RSS growth in MiB."""
+    outcomes (times from that start) and this process's RSS growth in MiB. ``done()`` is
+    awaited before the agents stop (other workers' recipients may still fetch from them)."""
     # Every agent stands for its own BMC: give the flash writes threads of their own.
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=len(nodes) + 4))
@@ -147,6 +149,8 @@ async def run_agents(nodes: list[NodeSpec], *, timeout: float, seed: int = 1,
                 donors=dict(stats.bytes_by_donor) if stats else {},
                 dropped=dict(stats.dropped) if stats else {}))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+        if done is not None:  # keep donating until every other worker's nodes are done
+            await done()
         return outcomes, rss
     finally:
         for agent in agents:
