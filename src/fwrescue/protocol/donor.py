@@ -79,6 +79,8 @@ _OFFER_PREFIX = b'{"t":"offer"'
 
 # An OFFER nobody ACCEPTed or overheard losing within this long no longer holds a slot.
 OFFER_LIFETIME_S = 1.0
+# Deferred solicits that expired are swept from the waiting table this often.
+_WAIT_PURGE_S = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,6 +217,7 @@ class DonorResponder:
         # solicits we could not answer yet -> until when we keep trying (deferred offers)
         self._waiting: dict[tuple[str, int], float] = {}
         self._recheck_at: float | None = None
+        self._wait_purge_at = 0.0
         # digest -> when a complete peer's offer of it was last overheard (insertion order)
         self.peer_offers: dict[str, float] = {}
 
@@ -390,25 +393,38 @@ class DonorResponder:
         st.offer_at = now + self._offer_delay()
 
     def _recheck(self, now: float) -> None:
-        """Offer to waiting solicits while free slots last (O(free slots) when able)."""
+        """Offer to waiting solicits while free slots last. The waiting solicits are
+        taken in **random** order: every partial donor gets its first chunk at about the
+        same time, and first-come order would send all their offers to the same few
+        recipients while the rest wait. O(free slots) when able; expired entries are
+        purged at most every :data:`_WAIT_PURGE_S`."""
         self._recheck_at = now + self.limits.recheck_s
+        if now >= self._wait_purge_at:
+            self._wait_purge_at = now + _WAIT_PURGE_S
+            for key, until in list(self._waiting.items()):
+                st = self._solicits.get(key)
+                if until < now or st is None or st.sm.state is not _S.PENDING \
+                        or st.offer_at is not None:
+                    del self._waiting[key]
         free = self.limits.capacity - self.load - self._offers_out(now) - sum(
             1 for st in self._solicits.values() if st.offer_at is not None)
-        withheld = self.breaker.is_withheld
-        catalog = [i for i in self._catalog() if not withheld(i.manifest_digest)] \
-            if free > 0 else []
-        for key, until in list(self._waiting.items()):
-            st = self._solicits.get(key)
-            if until < now or st is None or st.sm.state is not _S.PENDING \
-                    or st.offer_at is not None:
-                del self._waiting[key]
-                continue
-            if free <= 0 or not catalog:
-                continue
-            if any(img.fits(st.solicit) for img in catalog):
-                del self._waiting[key]
-                st.offer_at = now + self._offer_delay()
-                free -= 1
+        if free > 0 and self._waiting:
+            withheld = self.breaker.is_withheld
+            catalog = [i for i in self._catalog() if not withheld(i.manifest_digest)]
+            keys = list(self._waiting)
+            picks = self._rng.sample(keys, min(len(keys), 2 * free)) if catalog else []
+            for key in picks:
+                st = self._solicits.get(key)
+                if st is None or st.sm.state is not _S.PENDING or st.offer_at is not None \
+                        or self._waiting[key] < now:
+                    del self._waiting[key]
+                    continue
+                if any(img.fits(st.solicit) for img in catalog):
+                    del self._waiting[key]
+                    st.offer_at = now + self._offer_delay()
+                    free -= 1
+                    if free <= 0:
+                        break
         if not self._waiting:
             self._recheck_at = None
 
