@@ -57,7 +57,7 @@ class SwarmSettings:
     max_sessions: int = 12  # negotiation sessions per fetch (bounds re-solicits)
     max_negotiating: int = 2  # sessions looking for a donor at once
     have_refresh_s: float = 0.5  # re-read an idle partial donor's have-map this often
-    idle_release_s: float = 5.0  # release a partial donor idle (useless) this long
+    idle_release_s: float = 1.5  # release a partial donor idle (useless) this long
     give_up_cooldown_s: float = 2.0  # after an extra session gave up, wait this long
     secondary_jitter_s: float = 0.2  # start-up jitter of the extra sessions
     # With no donor left, give up after this many sessions in a row found none.

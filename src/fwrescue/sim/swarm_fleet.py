@@ -38,7 +38,7 @@ class FleetSpec:
     image_size: int = 256 * 1024
     chunk_size: int = 16 * 1024
     link_bps: int = 1024 * 1024  # bytes/s, every upload (or download) of a node together
-    peer_uploads: int = 4
+    peer_uploads: int = 8
     console_uploads: int = 4
     console_only: bool = False  # peers do not donate: the baseline
     console_cap: float = 1.5  # images' worth the console sends once peers can serve
