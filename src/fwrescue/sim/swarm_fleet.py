@@ -38,15 +38,17 @@ class FleetSpec:
     image_size: int = 256 * 1024
     chunk_size: int = 16 * 1024
     link_bps: int = 1024 * 1024  # bytes/s, every upload (or download) of a node together
-    peer_uploads: int = 8
+    peer_uploads: int = 4
     console_uploads: int = 4
     console_only: bool = False  # peers do not donate: the baseline
     console_cap: float = 1.5  # images' worth the console sends once peers can serve
     timing_scale: float = 0.0  # flash pacing (W25Q256JV datasheet times x this)
     seed: int = 1
+    # A recipient keeps soliciting (every <= 1.6 s) until a donor frees: in the
+    # console-only baseline most wait many transfer times; the run's timeout bounds it.
     timers: TimerSettings = field(default_factory=lambda: TimerSettings(
         startup_jitter=0.2, offer_window=0.2, backoff_initial=0.4, backoff_max=1.6,
-        max_solicits=12, accept_timeout=1.0))
+        max_solicits=1000, accept_timeout=1.0))
 
 
 @dataclass
@@ -88,7 +90,9 @@ def prepare(root: Path, spec: FleetSpec, network: NetworkSettings) -> FleetPlan:
 
 def start_console(plan: FleetPlan, spec: FleetSpec) -> ConsoleDonor:
     assert plan.console_repo is not None
-    settings = DonorSettings(max_uploads=spec.console_uploads, lease_s=60.0,
+    # The console-only baseline gets the console's default admission (16 uploads).
+    uploads = 16 if spec.console_only else spec.console_uploads
+    settings = DonorSettings(max_uploads=uploads, lease_s=60.0,
                              rate_limit_bps=spec.link_bps, console_offer_delay_s=0.3,
                              suppress_after=1,
                              egress_cap_images=0.0 if spec.console_only else spec.console_cap)
