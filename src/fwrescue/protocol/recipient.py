@@ -456,6 +456,12 @@ class RecipientSession:
             cand = by_donor.pop(offer.donor_id, None)
             if cand is not None and cand[0] == offer:  # ignore offers a policy made up
                 ranked.append(cand)
+        if self._required_digest is not None:
+            # Swarming, one image: versions are equal, so prefer what serves us most — a
+            # complete donor, then the partial donor holding the most chunks, then the
+            # least loaded (stable: the policy's order breaks the remaining ties).
+            ranked.sort(key=lambda c: (c[0].held is not None, -(c[0].held or 0),
+                                       c[0].load_ratio))
         for offer, _ in by_donor.values():
             reason = f"not ranked by policy: {selection.reason}"
             self._events.append(OfferRejected(offer=offer, reason=reason))
