@@ -264,6 +264,15 @@ class SwarmScheduler:
         if donor_id in self._dropped:
             return
         self._dropped[donor_id] = reason
+        self._remove(donor_id)
+
+    def remove_donor(self, donor_id: str, now: float) -> None:
+        """Stop using a donor that did nothing wrong (released: idle, or done with it);
+        its in-flight chunks go back to pending and it may be added again later.
+        Unknown or dropped ids are ignored."""
+        self._remove(donor_id)
+
+    def _remove(self, donor_id: str) -> None:
         donor = self._donors.pop(donor_id, None)
         if donor is None:
             return

@@ -437,3 +437,15 @@ def test_random_swarm_never_double_assigns_outside_endgame_and_completes(seed: i
         s.add_donor("final", None, 501.0)
         run_to_completion(s, now=501.0)
     assert s.complete and s.missing() == [] and s.in_flight == 0
+
+
+def test_a_removed_donor_gives_chunks_back_and_may_come_back() -> None:
+    s = scheduler(8, max_run=4)
+    s.add_donor("p", [0, 1], 0.0)
+    (r,) = s.next_requests(0.0)
+    s.remove_donor("p", 1.0)
+    assert s.active_donors == frozenset() and s.dropped == {}
+    assert set(r.indices) <= set(s.missing())
+    s.add_donor("p", [0, 1, 2], 2.0)
+    (again,) = s.next_requests(2.0)
+    assert (again.first, again.last) == (0, 2)
