@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -102,9 +103,12 @@ def test_two_flows_share_the_senders_uplink() -> None:
     src = Link("s", up_bps=100.0, down_bps=100.0)
     a, b = Link("a", up_bps=100.0, down_bps=100.0), Link("b", up_bps=100.0, down_bps=100.0)
     done: dict[str, float] = {}
+
+    def finisher(name: str) -> Callable[[], None]:
+        return lambda: done.__setitem__(name, loop.now)
+
     for name, dst in (("a", a), ("b", b)):
-        net.start_flow(src, dst, [100], on_chunk=lambda _i: None,
-                       on_done=lambda n=name: done.__setitem__(n, loop.now),
+        net.start_flow(src, dst, [100], on_chunk=lambda _i: None, on_done=finisher(name),
                        on_abort=lambda: None)
     loop.run(until=10.0)
     assert done == {"a": pytest.approx(2.0), "b": pytest.approx(2.0)}  # 50 B/s each
