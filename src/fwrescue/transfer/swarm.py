@@ -367,6 +367,11 @@ class SwarmScheduler:
         chunks asked again, endgame copies)."""
         return self._refetched
 
+    def unavailable(self) -> int:
+        """Missing chunks, not in flight, that no active donor other than a last-resort
+        one holds: what only the seed of last resort (or a donor not yet found) can give."""
+        return 0 if self._complete_helpers else len(self._global[0])
+
     @property
     def in_flight(self) -> int:
         """Chunks covered by at least one outstanding request."""

@@ -90,16 +90,20 @@ class World(Protocol):
 
 
 class _SwarmPolicy:
-    """Peers first, then least loaded; never a donor this node uses or dropped."""
+    """Peers first, then least loaded; never a donor this node uses or dropped, and the
+    console (seed of last resort) only while ``console_ok()``."""
 
     name = "sim-swarm"
 
-    def __init__(self, excluded: Callable[[], set[str]]) -> None:
+    def __init__(self, excluded: Callable[[], set[str]], console_ok: Callable[[], bool]) -> None:
         self._excluded = excluded
+        self._console_ok = console_ok
 
     def select(self, offers: Sequence[Offer], ctx: SelectionContext) -> Selection:
         skip = self._excluded()
-        ranked = sorted((o for o in offers if o.donor_id not in skip),
+        console = self._console_ok()
+        ranked = sorted((o for o in offers if o.donor_id not in skip
+                         and (console or o.donor_kind is not DonorKind.CONSOLE)),
                         key=lambda o: (o.donor_kind is DonorKind.CONSOLE, o.load_ratio))
         return Selection(ranked=tuple(ranked), reason="sim-swarm: peers first, least loaded")
 
@@ -250,7 +254,10 @@ class SimNode:
         kind = DonorKind.CONSOLE if self.role == NodeRole.CONSOLE else DonorKind.PEER
         limits = self.world.params.donor_limits
         if self.role == NodeRole.CONSOLE:
-            limits = dataclasses.replace(limits, capacity=self.world.params.console_capacity)
+            # Never suppressed by peers' offers: a recipient whose peers lack a chunk
+            # must still hear the seed of last resort (it answers last anyway).
+            limits = dataclasses.replace(limits, capacity=self.world.params.console_capacity,
+                                         suppress_after=65_535)
         return DonorResponder(
             identity=DonorIdentity(donor_id=self.name, kind=kind,
                                    transfer_url=f"http://{self.name}:8443"),
@@ -301,6 +308,22 @@ class SimNode:
             skip.update(self.scheduler.active_donors)
         return skip
 
+    def _peer_donors(self) -> int:
+        return sum(1 for a in self.attachments.values() if a.donor.role != NodeRole.CONSOLE)
+
+    def _peers_busy(self) -> bool:
+        return any(a.flows for a in self.attachments.values()
+                   if a.donor.role != NodeRole.CONSOLE)
+
+    def _console_ok(self) -> bool:
+        """The console is the seed of last resort: used while fewer than
+        ``console_below_peers`` peers serve this node, or while chunks are missing that
+        no peer of this node holds and no peer is sending anything."""
+        if self._peer_donors() < self.world.params.console_below_peers:
+            return True
+        sched = self.scheduler
+        return sched is not None and sched.unavailable() > 0 and not self._peers_busy()
+
     def _fill_sessions(self, now: float) -> None:
         sched = self.scheduler
         if sched is None or sched.complete:
@@ -312,7 +335,7 @@ class SimNode:
                 node_id=self.name, target="bios", machine_name=f"board{self.board}",
                 installed_version=None, security_version=1, min_security_version=1)
             session = RecipientSession(identity=identity, timers=self.world.params.timers,
-                                       policy=_SwarmPolicy(self._excluded),
+                                       policy=_SwarmPolicy(self._excluded, self._console_ok),
                                        codec=Codec(FLEET_KEY, rng=self.rng), rng=self.rng)
             self.sessions[slot] = session
             session.start(now + EPOCH)
@@ -400,6 +423,10 @@ class SimNode:
         if sched is None:
             return
         p = self.world.params
+        console = self.attachments.get("console")
+        if (console is not None and self._peer_donors() >= p.console_below_peers
+                and self._peers_busy()):
+            self._release(console, "peers-serve", now)  # peers carry it from here
         for request in sched.next_requests(now):
             att = self.attachments[request.donor_id]
             sizes = [p.chunk_size(i) for i in request.indices]
@@ -411,7 +438,11 @@ class SimNode:
             att.flows[flow] = request
             att.idle_since = None
         for att in list(self.attachments.values()):
-            if not att.flows and self.scheduler is not None:
+            if att.flows or self.scheduler is None:
+                continue
+            if att.donor.role == NodeRole.CONSOLE:
+                self._release(att, "idle", now)  # a last resort is not held idle
+            else:
                 self._idle(att, now)
 
     def _idle(self, att: _Attachment, now: float) -> None:

@@ -37,6 +37,7 @@ class SimParams:
     broker_fanout: int = 4  # donors elsewhere on the board one SOLICIT reaches
     swarm: bool = True  # False: console-only (no peer donates)
     console_capacity: int = 4  # the console's admission limit (DonorLimits.capacity)
+    console_below_peers: int = 2  # use the console only while fewer peers serve a node
     have_poll_s: float = 0.2  # a partial donor's have-map is fetched again after this
     idle_release_s: float = 1.0  # a donor with nothing to give for this long is released
     seed: int = 1
@@ -69,6 +70,7 @@ class SimParams:
         count("segment_size", 1, 4096)
         count("broker_fanout", 0, 64)
         count("console_capacity", 1, 65_535)
+        count("console_below_peers", 1, 64)
         for name in ("link_bps", "console_bps", "have_poll_s", "idle_release_s", "until_s"):
             positive(name)
         for name in ("latency_s", "bmc_boot_s", "host_boot_s"):
