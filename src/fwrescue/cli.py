@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     runcli.register_run_commands(subparsers)
     image_cli.register_image_commands(subparsers)
     rfcli.register_redfish_commands(subparsers)
+    from fwrescue.sim.virtual.cli import register_sim_commands
+
+    register_sim_commands(subparsers)
     return parser
 
 

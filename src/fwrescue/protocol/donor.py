@@ -220,6 +220,7 @@ class DonorResponder:
         self._wait_purge_at = 0.0
         # digest -> when a complete peer's offer of it was last overheard (insertion order)
         self.peer_offers: dict[str, float] = {}
+        self._purge_due = math.inf  # no tracked solicit can expire before this
 
     # --- inspection ------------------------------------------------------------------------
 
@@ -315,10 +316,22 @@ class DonorResponder:
                   reason)
 
     def _purge(self, now: float) -> None:
+        # Called on every datagram: scan only once the oldest entry can have expired
+        # (last_seen only grows, new entries start at now), so a console tracking a
+        # thousand solicits does not scan them all per datagram. Same result as a full scan.
+        if now < self._purge_due:
+            return
         horizon = now - self.limits.state_ttl
         for key, st in list(self._solicits.items()):
             if st.last_seen < horizon and st.sm.state is not _S.RESERVED:
                 del self._solicits[key]
+        oldest = min((st.last_seen for st in self._solicits.values()), default=math.inf)
+        self._purge_due = oldest + self.limits.state_ttl
+
+    def _track(self, key: tuple[str, int], st: _SolicitState, now: float) -> _SolicitState:
+        self._solicits[key] = st
+        self._purge_due = min(self._purge_due, now + self.limits.state_ttl)
+        return st
 
     def _best_image(self, solicit: Solicit) -> OfferableImage | None:
         withheld = self.breaker.is_withheld
@@ -373,7 +386,7 @@ class DonorResponder:
             if len(self._solicits) >= self.limits.max_tracked:
                 self.skipped["tracking table full"] += 1
                 return
-            st = self._solicits[key] = _SolicitState(solicit, now)
+            st = self._track(key, _SolicitState(solicit, now), now)
         elif deferred:  # a retransmit of a solicit we deferred: still pending
             self._waiting.pop(key, None)
             st.solicit, st.overheard = solicit, 0
@@ -529,7 +542,7 @@ class DonorResponder:
                                   target=image.target, machine_name=image.machine_names[0],
                                   installed_version=None, security_version=0,
                                   min_security_version=0)
-            st = self._solicits[key] = _SolicitState(placeholder, now)
+            st = self._track(key, _SolicitState(placeholder, now), now)
         st.sm.fire(_I.GRANT)
         st.offer_at, st.last_seen = None, now
         token = f"{self._rng.getrandbits(128):032x}"

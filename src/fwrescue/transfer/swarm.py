@@ -264,6 +264,15 @@ class SwarmScheduler:
         if donor_id in self._dropped:
             return
         self._dropped[donor_id] = reason
+        self._remove(donor_id)
+
+    def remove_donor(self, donor_id: str, now: float) -> None:
+        """Stop using a donor that did nothing wrong (released: idle, or done with it);
+        its in-flight chunks go back to pending and it may be added again later.
+        Unknown or dropped ids are ignored."""
+        self._remove(donor_id)
+
+    def _remove(self, donor_id: str) -> None:
         donor = self._donors.pop(donor_id, None)
         if donor is None:
             return
@@ -357,6 +366,11 @@ class SwarmScheduler:
         """Chunk requests beyond the first for the same chunk (an aborted request's
         chunks asked again, endgame copies)."""
         return self._refetched
+
+    def unavailable(self) -> int:
+        """Missing chunks, not in flight, that no active donor other than a last-resort
+        one holds: what only the seed of last resort (or a donor not yet found) can give."""
+        return 0 if self._complete_helpers else len(self._global[0])
 
     @property
     def in_flight(self) -> int:

@@ -437,3 +437,29 @@ def test_random_swarm_never_double_assigns_outside_endgame_and_completes(seed: i
         s.add_donor("final", None, 501.0)
         run_to_completion(s, now=501.0)
     assert s.complete and s.missing() == [] and s.in_flight == 0
+
+
+def test_a_removed_donor_gives_chunks_back_and_may_come_back() -> None:
+    s = scheduler(8, max_run=4)
+    s.add_donor("p", [0, 1], 0.0)
+    (r,) = s.next_requests(0.0)
+    s.remove_donor("p", 1.0)
+    assert s.active_donors == frozenset() and s.dropped == {}
+    assert set(r.indices) <= set(s.missing())
+    s.add_donor("p", [0, 1, 2], 2.0)
+    (again,) = s.next_requests(2.0)
+    assert (again.first, again.last) == (0, 2)
+
+
+def test_unavailable_counts_what_only_the_seed_of_last_resort_could_give() -> None:
+    s = scheduler(8, max_run=1, requests_per_donor=8)
+    s.add_donor("console", None, 0.0, last_resort=True)
+    assert s.unavailable() == 8
+    s.add_donor("p", [0, 1, 2], 0.0)
+    assert s.unavailable() == 5
+    for r in s.next_requests(0.0):  # the console takes what p lacks
+        if r.donor_id == "console":
+            serve(s, r)
+    assert s.unavailable() == 0
+    s.add_donor("full", None, 1.0)
+    assert s.unavailable() == 0
