@@ -22,7 +22,7 @@ once). From then on:
   one whose have-map shrank is dropped as a liar. Each drop is logged with its reason
   and written to the transcript; the slot then negotiates on for another donor;
 * a partial donor that stays idle (holds nothing we lack) is RELEASEd, freeing both its
-  upload slot and ours;
+  upload slot and ours; it is not banned, and may be bound again once it holds more;
 * at the end every bound donor is RELEASEd with the bytes it sent.
 
 Resume: the scheduler starts from the chunks the staging re-verified on open, so a
@@ -80,7 +80,8 @@ class SwarmStats:
     refetched_chunks: int = 0  # chunks whose bytes arrived more than once
     rerequested_chunks: int = 0  # chunks asked for again (the scheduler's count)
     bytes_by_donor: dict[str, int] = field(default_factory=dict)
-    dropped: dict[str, str] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)  # banned for this image, why
+    released: dict[str, str] = field(default_factory=dict)  # let go (idle), may return
     sessions: int = 0
     seconds: float = 0.0
     staged_at: float | None = None  # monotonic time the verified image was complete
@@ -534,15 +535,18 @@ class SwarmRun:
         scheduler = self._scheduler
         if donor_id is None:
             return
-        if scheduler is not None:
-            scheduler.drop_donor(donor_id, reason, time.monotonic())
         self._by_donor.pop(donor_id, None)
-        self.stats.dropped[donor_id] = reason
-        if release:
+        if release:  # it did nothing wrong: it may be bound again once it holds more
+            if scheduler is not None:
+                scheduler.remove_donor(donor_id, time.monotonic())
+            self.stats.released[donor_id] = reason
             log.info("%s: releasing %s: %s", self._owner.node_id, donor_id, reason)
             self._log("donor released", donor=donor_id, reason=reason)
             self._release(slot, "idle")
             return
+        if scheduler is not None:
+            scheduler.drop_donor(donor_id, reason, time.monotonic())
+        self.stats.dropped[donor_id] = reason
         log.warning("%s: dropped donor %s: %s", self._owner.node_id, donor_id, reason)
         self._log("donor dropped", donor=donor_id, reason=reason,
                   blame="donor" if carrier else "transfer")
