@@ -248,7 +248,7 @@ def main() -> None:
             spec = replace(base_spec, recipients=n, console_only=console_only,
                            seed=args.seed + i)
             transfer = image / link
-            timeout = 120 + transfer * (n * 1.5 if console_only else 20)
+            timeout = 120 + transfer * (n * 1.5 if console_only else max(20, n))
             raw = run_fleet(Path(tmp) / f"fleet-{i}", spec, args.workers, timeout)
             if base is None:
                 base = raw
