@@ -29,7 +29,7 @@ from fwrescue.flash.device import Flash
 from fwrescue.hardware import build_flash, build_host
 from fwrescue.host.base import FlashMode, Host
 from fwrescue.image.store import PackageStore
-from fwrescue.protocol.messages import DonorKind
+from fwrescue.protocol.messages import DonorKind, Report, ReportOutcome
 from fwrescue.protocol.policy import get_policy
 from fwrescue.recovery.engine import EngineSettings, OperationResult, RecoveryEngine
 from fwrescue.recovery.journal import Journal
@@ -37,9 +37,12 @@ from fwrescue.recovery.network import NetworkRecovery
 from fwrescue.recovery.ports import OperationEvent
 from fwrescue.sources.directory import WatchedDirectory
 from fwrescue.sources.ladder import SourceLadder
+from fwrescue.transfer.partial import PartialImages
+from fwrescue.transport.link import open_link
+from fwrescue.transport.shared import SharedLink
 from fwrescue.trust.keys import TrustStore
 from fwrescue.trust.rollback import RollbackStore
-from fwrescue.trust.verifier import Verifier
+from fwrescue.trust.verifier import VerifiedManifest, Verifier
 
 __all__ = ["Agent", "TargetRuntime"]
 
@@ -84,9 +87,16 @@ class Agent:
                                  max_image_size=config.max_image_size,
                                  fleet_floor=lambda target: floors.get(target, 0))
         self.store = PackageStore(state / "store", max_image_size=config.max_image_size)
+        # One group socket for the donor and every recovery session (storm control: each
+        # socket on the group receives every datagram), and the images being received,
+        # whose verified chunks the donor serves onward (partial donor).
+        self.link = SharedLink(lambda: open_link(config.network))
+        self.partial = PartialImages()
         self.donor = DonorService(donor_id=config.node_id, kind=DonorKind.PEER, store=self.store,
                                   network=config.network, settings=config.donor,
-                                  topology=config.topology)
+                                  topology=config.topology, partial=self.partial,
+                                  link_factory=self.link.attach)
+        self.fetchers: dict[str, NetworkRecovery] = {}
         options = dict(config.policy_options)
         # The pin travels in the selection context; the policy reads it from there.
         self._pinned: str | None = options.pop("pinned_version", None)
@@ -170,7 +180,9 @@ class Agent:
                 node_id=self.config.node_id, topology=self.config.topology,
                 network=self.config.network, timers=self.config.timers, policy=self.policy,
                 verifier=self.verifier, staging_dir=state / "staging",
-                pinned_version=self._pinned, rng=self._rng)
+                pinned_version=self._pinned, rng=self._rng, link_factory=self.link.attach,
+                partial=self.partial, ingress_bps=self.config.donor.rate_limit_bps or None)
+            self.fetchers[target.name] = network
         engine = RecoveryEngine(
             EngineSettings(
                 target=target.name, machine_name=self.config.machine_name,
@@ -181,9 +193,19 @@ class Agent:
             journal=Journal(state), workdir=state / "work",
             locator=SourceLadder.from_specs(target.sources, self.verifier, flash=flash)
             if target.sources else None,
-            network=network, events=self.events)
+            network=network, events=self.events,
+            on_boot_checked=lambda verified, booted: self._report_boot(target.name, verified,
+                                                                      booted))
         engine_holder.append(engine)
         return TargetRuntime(config=target, flash=flash, host=host, engine=engine)
+
+    def _report_boot(self, target: str, verified: VerifiedManifest, booted: bool) -> None:
+        """REPORT the boot check to the fleet (the circuit breaker's input)."""
+        outcome = ReportOutcome.BOOTED if booted else ReportOutcome.BOOT_FAILED
+        report = Report(xid=self._rng.getrandbits(32), recipient_id=self.config.node_id,
+                        target=target, manifest_digest=verified.digest, outcome=outcome)
+        if not self.donor.send_report(report):
+            log.info("%s: boot report not sent (donor service off)", self.config.node_id)
 
     async def _start_redfish(self) -> None:
         from fwrescue.agent_redfish import AgentBackend, redfish_accounts

@@ -24,6 +24,7 @@ from fwrescue.atomicfile import atomic_write
 from fwrescue.errors import CompatibilityError, ConfigError, HostError, PackageError
 from fwrescue.host.base import PowerState
 from fwrescue.image.package import open_package, stage_package
+from fwrescue.protocol.events import ImageWithheld
 from fwrescue.recovery.ports import Located
 from fwrescue.recovery.ports import OperationEvent as EngineEvent
 from fwrescue.recovery.ports import OperationState as EngineState
@@ -32,9 +33,11 @@ from fwrescue.redfish.backend import (
     ImageInfo,
     OperationEvent,
     ResetType,
+    ResourceNotice,
     SystemIdentity,
     TargetInfo,
     Unsubscribe,
+    WithheldImage,
 )
 from fwrescue.redfish.tasks import TASKS_URI
 
@@ -285,6 +288,30 @@ class AgentBackend:
         def unsubscribe() -> None:
             with contextlib.suppress(ValueError):
                 self._agent.events.callbacks.remove(forward)
+
+        return unsubscribe
+
+    # --- the fleet circuit breaker ------------------------------------------------------
+
+    def withheld_images(self) -> list[WithheldImage]:
+        return [WithheldImage(manifest_digest=w.manifest_digest, target=w.target,
+                              failures=w.failures, recipients=w.recipients)
+                for w in self._agent.donor.withheld.values()]
+
+    def subscribe_notices(self, callback: Callable[[ResourceNotice], None]) -> Unsubscribe:
+        """A ``ResourceEvent`` on UpdateService for each image the breaker withholds."""
+        def forward(event: ImageWithheld) -> None:
+            callback(ResourceNotice(
+                message_id="ResourceEvent.1.4.ResourceErrorThresholdExceeded",
+                args=(f"BootFailures of image {event.manifest_digest}", str(event.failures)),
+                origin="/redfish/v1/UpdateService"))
+
+        listeners = self._agent.donor.on_withheld
+        listeners.append(forward)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                listeners.remove(forward)
 
         return unsubscribe
 

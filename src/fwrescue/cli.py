@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fwrescue.console import cli as console_cli
 
     console_cli.register_console_commands(subparsers)
+    from fwrescue.sim.virtual.cli import register_sim_commands
+
+    register_sim_commands(subparsers)
     return parser
 
 

@@ -174,6 +174,15 @@ class DonorSettings:
     # this many offers for a solicit, so the console serves only what peers cannot.
     console_offer_delay_s: float = 0.1
     suppress_after: int = 3
+    # Fleet circuit breaker: withhold an image after this many distinct recipients
+    # reported that it did not boot (docs/protocol.md, REPORT).
+    breaker_failures: int = 3
+    # Seed of last resort (a console): once it sent this many images' worth of one image
+    # and heard a complete peer offer it, it stops serving it (0 = never caps).
+    egress_cap_images: float = 0.0
+    # Deferred offers: a solicit this donor cannot answer yet (full, or the image not held
+    # yet) is remembered this long and answered as soon as it can be (0 = off).
+    defer_offers_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -445,6 +454,9 @@ def _donor(s: _Section) -> DonorSettings:
         rate_limit_bps=s.get_int("rate_limit_bps", 0, 0, 10**11),
         console_offer_delay_s=s.get_float("console_offer_delay_s", 0.1, 0.0, 60.0),
         suppress_after=s.get_int("suppress_after", 3, 1, 1000),
+        breaker_failures=s.get_int("breaker_failures", 3, 1, 10_000),
+        egress_cap_images=s.get_float("egress_cap_images", 0.0, 0.0, 1000.0),
+        defer_offers_s=s.get_float("defer_offers_s", 2.0, 0.0, 60.0),
     )
     s.done()
     return result

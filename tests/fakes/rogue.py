@@ -68,6 +68,7 @@ class Claim:
     version: str | None = "9.9.9"
     security_version: int | None = 99
     machine_names: tuple[str, ...] | None = None
+    held: int | None = None  # set: offer as a partial donor holding this many chunks
 
 
 class RogueDonor(DonorService):
@@ -93,7 +94,8 @@ class RogueDonor(DonorService):
             security_version=(c.security_version if c.security_version is not None
                               else image.security_version),
             machine_names=c.machine_names if c.machine_names is not None
-            else image.machine_names)
+            else image.machine_names,
+            held=c.held if c.held is not None else image.held)
             for image in super().catalog()]
 
     async def start(self) -> None:
@@ -144,16 +146,19 @@ def other_board(root: Path, *, donor_id: str, network: NetworkSettings, signed: 
 
 def corrupted_carrier(root: Path, *, donor_id: str, network: NetworkSettings,
                       signed: SignedManifest, image: Path, flip_chunk: int = 2,
-                      claim: Claim | None = None) -> RogueDonor:
+                      claim: Claim | None = None, flip_all: bool = False) -> RogueDonor:
     """Serves the genuine manifest, but one byte of chunk ``flip_chunk`` of the stored image
-    is flipped on disk after the store checked it (earlier chunks are genuine)."""
+    (of every chunk with ``flip_all``) is flipped on disk after the store checked it."""
     store = _store(root)
     stored = plant(store, signed, image)
     manifest = signed.manifest
-    offset, length = manifest.chunk_span(min(flip_chunk, manifest.chunk_count - 1))
+    chunks = (range(manifest.chunk_count) if flip_all
+              else [min(flip_chunk, manifest.chunk_count - 1)])
     with open(stored.image_path, "r+b") as f:
-        f.seek(offset + length // 2)
-        byte = f.read(1)
-        f.seek(offset + length // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
+        for index in chunks:
+            offset, length = manifest.chunk_span(index)
+            f.seek(offset + length // 2)
+            byte = f.read(1)
+            f.seek(offset + length // 2)
+            f.write(bytes([byte[0] ^ 0xFF]))
     return RogueDonor(donor_id=donor_id, store=store, network=network, claim=claim or Claim())

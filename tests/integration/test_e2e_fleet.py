@@ -163,19 +163,25 @@ async def test_rogue_donors_cause_no_bad_flash_and_an_honest_donor_heals(
     declined = {e["donor"]: e["reason"] for e in _entries(transcript, "declined")}
     blame = {e["donor"]: e["blame"] for e in _entries(transcript, "declined")}
     # A bad carrier of the genuine manifest is blamed alone; the digest stays acceptable.
-    assert blame == {"rogue-rollback": "manifest", "rogue-key": "manifest",
-                     "rogue-board": "manifest", "rogue-chunks": "donor"}
+    expected_blame = {"rogue-rollback": "manifest", "rogue-key": "manifest",
+                      "rogue-board": "manifest", "rogue-chunks": "donor"}
     expected = {"rogue-rollback": "anti-rollback floor",
                 "rogue-key": "untrusted key",
                 "rogue-board": "another board",
                 "rogue-chunks": "chunk digest does not match"}
-    assert set(declined) == set(expected), declined
-    for donor, why in expected.items():
-        assert why in declined[donor], (donor, declined[donor])
+    # Every rogue ACKed before the genuine manifest verified is declined for the right
+    # reason; once it verified, offers of other digests are refused unseen (swarming
+    # commits to one image), so which manifest-rogues were tried depends on the ranking.
+    assert set(declined) <= set(expected), declined
+    for donor, why in declined.items():
+        assert why in expected[donor] or expected[donor] in why, (donor, why)
+        assert blame[donor] == expected_blame[donor], donor
     acked = [e["offer"]["donor_id"] for e in _entries(transcript, "DonorAcked")]
-    assert acked[-1] == honest_spec.node_id
-    assert set(acked[:-1]) == set(expected)  # every rogue was tried first, and only once
-    assert len(acked) == len(expected) + 1
+    assert honest_spec.node_id in acked
+    assert set(acked) <= set(expected) | {honest_spec.node_id}
+    assert set(acked) - {honest_spec.node_id} == set(declined)  # each rogue tried was caught
+    rogue_acks = [a for a in acked if a != honest_spec.node_id]
+    assert len(rogue_acks) == len(set(rogue_acks))  # and never used again
     host = recipient.targets["bios"].host
     assert isinstance(host, VirtualHost)
     assert host.runs == [True]  # the host ran once, on genuine firmware
@@ -203,8 +209,10 @@ async def test_only_rogue_donors_recovery_fails_and_the_flash_is_never_written(
     assert writes == []
     assert _entries(transcript, "flashed") == []
     assert recipient_spec.flash_path.read_bytes() == before
-    assert {e["donor"] for e in _entries(transcript, "declined")} == {
-        "rogue-rollback", "rogue-key", "rogue-board", "rogue-chunks"}
+    declined = {e["donor"] for e in _entries(transcript, "declined")}
+    acked = {e["offer"]["donor_id"] for e in _entries(transcript, "DonorAcked")}
+    assert declined and declined == acked  # every rogue that was ACKed was caught
+    assert declined <= {"rogue-rollback", "rogue-key", "rogue-board", "rogue-chunks"}
     host = recipient.targets["bios"].host
     assert isinstance(host, VirtualHost)
     assert host.state is PowerState.OFF and host.runs == []

@@ -138,17 +138,17 @@ async def test_donor_killed_at_half_a_transfer_resumes_elsewhere_fetching_at_mos
     assert result.donor_id == survivor
     image = genuine.image.read_bytes()
     assert node.flash_path.read_bytes()[:IMAGE] == image
-    failed = [e for e in transcript if e["event"] == "donor failed"]
+    # Both donors swarm the image; the killed one is dropped and the survivor finishes.
+    failed = [e for e in transcript if e["event"] == "donor dropped"]
     assert [e["donor"] for e in failed] == [victim]
     done = [e for e in transcript if e["event"] == "transferred"]
-    assert len(done) == 1 and done[0]["donor"] == survivor
-    assert done[0]["refetched_chunks"] <= 2
-    assert done[0]["bytes"] <= IMAGE - verified * CHUNK + 2 * CHUNK
-    assert failed[0]["bytes"] + done[0]["bytes"] <= IMAGE + 2 * CHUNK
-    moved = failed[0]["bytes"] + done[0]["bytes"]
-    print(f"donor killed at {verified}/{total} chunks; bytes {failed[0]['bytes']} + "
-          f"{done[0]['bytes']} = image + {moved - IMAGE}; chunks fetched twice: "
-          f"{done[0]['refetched_chunks']}")
+    assert len(done) == 1 and survivor in done[0]["donors"]
+    assert done[0]["refetched_chunks"] <= 2  # bytes that arrived twice: the chunk in flight
+    moved = done[0]["bytes"]
+    assert moved <= IMAGE + 2 * CHUNK
+    print(f"donor killed at {verified}/{total} chunks; bytes by donor {done[0]['donors']} = "
+          f"image + {moved - IMAGE}; chunks fetched twice: {done[0]['refetched_chunks']} "
+          f"(asked again: {done[0]['rerequested_chunks']})")
 
 
 # --- 4. the agent dies half-way through the flash write --------------------------------------

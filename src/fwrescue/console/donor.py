@@ -33,7 +33,8 @@ MAX_REPO_PACKAGES = 1024
 # The console is the fallback, not a competitor: it answers after the recipients' offer
 # window (0.4 s by default) and stays quiet once any peer offered, so its egress stays
 # near what peers cannot serve (bench/bench_fleet.py measures it).
-CONSOLE_DEFAULTS = DonorSettings(max_uploads=16, console_offer_delay_s=0.5, suppress_after=1)
+CONSOLE_DEFAULTS = DonorSettings(max_uploads=16, console_offer_delay_s=0.5, suppress_after=1,
+                                 egress_cap_images=1.5)
 
 
 class ConsoleDonor:

@@ -6,7 +6,19 @@ Transports (``fwrescue.transport``) are thin shells that drive these sessions.
 from .codec import MAX_DATAGRAM, Codec
 from .donor import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from .events import Event
-from .messages import Accept, Ack, Decline, DonorKind, Message, Nak, Offer, Release, Solicit
+from .messages import (
+    Accept,
+    Ack,
+    Decline,
+    DonorKind,
+    Message,
+    Nak,
+    Offer,
+    Release,
+    Report,
+    ReportOutcome,
+    Solicit,
+)
 from .policy import Policy, Selection, SelectionContext, get_policy
 from .recipient import RecipientIdentity, RecipientSession, RecipientTimers
 from .session import GROUP, DatagramSession, Destination
@@ -34,6 +46,8 @@ __all__ = [
     "RecipientSession",
     "RecipientTimers",
     "Release",
+    "Report",
+    "ReportOutcome",
     "Selection",
     "SelectionContext",
     "Solicit",

@@ -44,6 +44,8 @@ from .messages import (
     Nak,
     Offer,
     Release,
+    Report,
+    ReportOutcome,
     Solicit,
 )
 
@@ -61,11 +63,12 @@ MAX_REPLAY_ENTRIES: Final = 65_536
 _NONCE = re.compile(r"[0-9a-f]{16}")
 
 _TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (Solicit, Offer, Accept, Ack, Nak, Decline, Release)
+    cls.TYPE: cls for cls in (Solicit, Offer, Accept, Ack, Nak, Decline, Release, Report)
 }
 
 # Wire kind of every field: the decoder checks JSON types against these before construction.
 _INT, _STR, _OPT_STR, _NUM, _STR_LIST, _KIND = "int", "str", "str?", "num", "[str]", "kind"
+_OPT_INT, _OUTCOME = "int?", "outcome"
 _SCHEMA: dict[type[Message], dict[str, str]] = {
     Solicit: {"xid": _INT, "recipient_id": _STR, "target": _STR, "machine_name": _STR,
               "installed_version": _OPT_STR, "security_version": _INT,
@@ -73,7 +76,7 @@ _SCHEMA: dict[type[Message], dict[str, str]] = {
     Offer: {"xid": _INT, "recipient_id": _STR, "donor_id": _STR, "donor_kind": _KIND,
             "target": _STR, "manifest_digest": _STR, "version": _STR,
             "security_version": _INT, "size": _INT, "load": _INT, "capacity": _INT,
-            "transfer_url": _STR, "lease_s": _NUM, "topology": _OPT_STR},
+            "transfer_url": _STR, "lease_s": _NUM, "topology": _OPT_STR, "held": _OPT_INT},
     Accept: {"xid": _INT, "recipient_id": _STR, "donor_id": _STR, "manifest_digest": _STR},
     Ack: {"xid": _INT, "recipient_id": _STR, "donor_id": _STR, "token": _STR,
           "lease_expires": _NUM},
@@ -82,6 +85,8 @@ _SCHEMA: dict[type[Message], dict[str, str]] = {
               "reason": _STR},
     Release: {"xid": _INT, "recipient_id": _STR, "donor_id": _STR, "outcome": _STR,
               "bytes_received": _INT},
+    Report: {"xid": _INT, "recipient_id": _STR, "target": _STR, "manifest_digest": _STR,
+             "outcome": _OUTCOME},
 }
 
 
@@ -115,6 +120,8 @@ def _check_kind(name: str, kind: str, value: object) -> object:
         return value
     if kind == _OPT_STR and (value is None or isinstance(value, str)):
         return value
+    if kind == _OPT_INT and (value is None or is_int):
+        return value
     if kind == _NUM and (is_int or isinstance(value, float)):
         return value
     if kind == _STR_LIST and isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -122,6 +129,11 @@ def _check_kind(name: str, kind: str, value: object) -> object:
     if kind == _KIND and isinstance(value, str):
         try:
             return DonorKind(value)
+        except ValueError:
+            pass
+    if kind == _OUTCOME and isinstance(value, str):
+        try:
+            return ReportOutcome(value)
         except ValueError:
             pass
     raise _bad("wrong type for field", field=name, expected=kind)

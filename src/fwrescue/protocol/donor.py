@@ -12,7 +12,13 @@ Per SOLICIT (keyed by recipient id and xid) a donor:
   quiet (duplicate-answer suppression, as in mDNS, RFC 6762 §7.4). On a LAN this bounds
   the offers per solicit to about ``suppress_after`` plus those sent within one network
   delay of each other (see docs/protocol.md);
-* drops its pending offer when it overhears an ACCEPT naming another donor.
+* drops its pending offer when it overhears an ACCEPT naming another donor;
+* counts the REPORTs it overhears in a :class:`~fwrescue.protocol.breaker.CircuitBreaker`:
+  a digest that ``breaker_threshold`` distinct recipients failed to boot is withheld (no
+  more offers, ACCEPTs NAKed) and an :class:`ImageWithheld` event is reported once.
+
+A catalog entry with ``held`` set is a *partial* image (this node is still receiving
+it): the OFFER carries ``held``; a complete image of the same version is preferred.
 
 On an ACCEPT naming it, the donor NAKs when the digest is unknown or it is at capacity,
 else ACKs with a fresh 128-bit token and holds a **reservation** until the lease ends,
@@ -36,10 +42,12 @@ from dataclasses import dataclass
 
 from fwrescue.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 
+from .breaker import CircuitBreaker
 from .codec import Codec
 from .events import (
     Declined,
     DonorEvent,
+    ImageWithheld,
     OfferSent,
     Released,
     ReservationEnded,
@@ -54,6 +62,7 @@ from .messages import (
     Nak,
     Offer,
     Release,
+    Report,
     Solicit,
 )
 from .policy import version_key
@@ -65,6 +74,13 @@ __all__ = ["DonorIdentity", "DonorLimits", "DonorResponder", "OfferableImage"]
 log = logging.getLogger(__name__)
 _S, _I = DonorState, DonorInput
 _PLACEHOLDER_DIGEST = "0" * 64
+# The first bytes of every encoded OFFER body (compact JSON, type first: codec.py).
+_OFFER_PREFIX = b'{"t":"offer"'
+
+# An OFFER nobody ACCEPTed or overheard losing within this long no longer holds a slot.
+OFFER_LIFETIME_S = 1.0
+# Deferred solicits that expired are swept from the waiting table this often.
+_WAIT_PURGE_S = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,13 +113,15 @@ class OfferableImage:
     version: str
     security_version: int
     size: int
+    held: int | None = None  # verified chunks of a partial image; None = complete
 
     def __post_init__(self) -> None:
         try:
             Offer(xid=0, recipient_id="x", donor_id="x", donor_kind=DonorKind.PEER,
                   target=self.target, manifest_digest=self.manifest_digest,
                   version=self.version, security_version=self.security_version,
-                  size=self.size, load=0, capacity=1, transfer_url="http://x", lease_s=1.0)
+                  size=self.size, load=0, capacity=1, transfer_url="http://x", lease_s=1.0,
+                  held=self.held)
             Offer(xid=0, recipient_id="x", donor_id="x", donor_kind=DonorKind.PEER,
                   target="x", manifest_digest=self.image_sha256, version="0",
                   security_version=0, size=1, load=0, capacity=1, transfer_url="http://x",
@@ -134,15 +152,23 @@ class DonorLimits:
     suppress_after: int = 3  # stay quiet after overhearing this many offers for one solicit
     max_tracked: int = 1024  # solicits remembered at once (bounds memory under a flood)
     state_ttl: float = 60.0  # forget a solicit this long after its last message
+    breaker_threshold: int = 3  # distinct boot_failed REPORTs that withhold an image
+    # Deferred offers: keep a solicit we cannot answer yet (full, or image not held yet)
+    # this long and re-check every recheck_s (0 turns deferral off).
+    defer_s: float = 0.0
+    recheck_s: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("lease_s", "base_delay", "jitter", "console_extra_delay", "state_ttl"):
+        for name in ("lease_s", "base_delay", "jitter", "console_extra_delay", "state_ttl",
+                     "defer_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ConfigError("limit must be finite non-negative seconds", limit=name)
         if not 0 < self.lease_s <= 86_400:
             raise ConfigError("lease_s must be in (0, 86400]")
-        for name in ("capacity", "suppress_after", "max_tracked"):
+        if not 0.01 <= self.recheck_s <= 60 or self.defer_s > 3600:
+            raise ConfigError("recheck_s must be in [0.01, 60] and defer_s at most 3600")
+        for name in ("capacity", "suppress_after", "max_tracked", "breaker_threshold"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65_535:
                 raise ConfigError("limit must be an integer in [1, 65535]", limit=name)
@@ -156,6 +182,7 @@ class _SolicitState:
             DONOR_TRANSITIONS, _S.PENDING, _S.ERROR)
         self.solicit = solicit
         self.offer_at: float | None = None
+        self.offered_at: float | None = None  # when our OFFER went out (pending until ACCEPT)
         self.overheard = 0
         self.last_seen = now
         self.token: str | None = None
@@ -186,6 +213,14 @@ class DonorResponder:
         self.dropped: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()  # solicits deliberately left unanswered, by why
+        self.breaker = CircuitBreaker(threshold=limits.breaker_threshold)
+        # solicits we could not answer yet -> until when we keep trying (deferred offers)
+        self._waiting: dict[tuple[str, int], float] = {}
+        self._recheck_at: float | None = None
+        self._wait_purge_at = 0.0
+        # digest -> when a complete peer's offer of it was last overheard (insertion order)
+        self.peer_offers: dict[str, float] = {}
+        self._purge_due = math.inf  # no tracked solicit can expire before this
 
     # --- inspection ------------------------------------------------------------------------
 
@@ -204,7 +239,15 @@ class DonorResponder:
     # --- driver interface ------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Process one datagram. Never raises for bad input: it is dropped and counted."""
+        """Process one datagram. Never raises for bad input: it is dropped and counted.
+
+        Storm control: an overheard OFFER only matters for suppression of a pending offer
+        of ours, or (a console) to learn that peers serve an image; otherwise it is
+        dropped before it is authenticated or parsed (compact JSON: the type comes first)."""
+        if (self.identity.kind is DonorKind.PEER and data[8:20] == _OFFER_PREFIX
+                and not any(st.offer_at is not None for st in self._solicits.values())):
+            self.ignored["overheard offer (prefilter)"] += 1
+            return
         try:
             msg = self._codec.decode(data, now)
         except RemoteProtocolError as e:
@@ -219,6 +262,8 @@ class DonorResponder:
             self._on_accept(msg, addr, now)
         elif isinstance(msg, Release | Decline):
             self._on_end(msg, addr, now)
+        elif isinstance(msg, Report):
+            self._on_report(msg, now)
         else:
             self._drop(f"{msg.TYPE} sent to a donor", addr)
 
@@ -230,12 +275,16 @@ class DonorResponder:
     def get_timer(self) -> float | None:
         deadlines = [st.offer_at for st in self._solicits.values() if st.offer_at is not None]
         deadlines.extend(r.expires_at for r in self._reservations.values())
+        if self._waiting and self._recheck_at is not None:
+            deadlines.append(self._recheck_at)
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
         for st in list(self._solicits.values()):
             if st.offer_at is not None and now >= st.offer_at:
                 self._send_offer(st, now)
+        if self._waiting and self._recheck_at is not None and now >= self._recheck_at:
+            self._recheck(now)
         for token, res in list(self._reservations.items()):
             if now >= res.expires_at:
                 self._end(token, "lease expired")
@@ -267,16 +316,42 @@ class DonorResponder:
                   reason)
 
     def _purge(self, now: float) -> None:
+        # Called on every datagram: scan only once the oldest entry can have expired
+        # (last_seen only grows, new entries start at now), so a console tracking a
+        # thousand solicits does not scan them all per datagram. Same result as a full scan.
+        if now < self._purge_due:
+            return
         horizon = now - self.limits.state_ttl
         for key, st in list(self._solicits.items()):
             if st.last_seen < horizon and st.sm.state is not _S.RESERVED:
                 del self._solicits[key]
+        oldest = min((st.last_seen for st in self._solicits.values()), default=math.inf)
+        self._purge_due = oldest + self.limits.state_ttl
+
+    def _track(self, key: tuple[str, int], st: _SolicitState, now: float) -> _SolicitState:
+        self._solicits[key] = st
+        self._purge_due = min(self._purge_due, now + self.limits.state_ttl)
+        return st
 
     def _best_image(self, solicit: Solicit) -> OfferableImage | None:
-        fitting = [img for img in self._catalog() if img.fits(solicit)]
+        withheld = self.breaker.is_withheld
+        fitting = [img for img in self._catalog()
+                   if img.fits(solicit) and not withheld(img.manifest_digest)]
         if not fitting:
             return None
-        return max(fitting, key=lambda i: (i.security_version, version_key(i.version)))
+        return max(fitting, key=lambda i: (i.security_version, version_key(i.version),
+                                           i.held is None, i.held or 0))
+
+    def _on_report(self, report: Report, now: float) -> None:
+        trip = self.breaker.record(report, now)
+        if trip is None:
+            self.ignored[f"report ({report.outcome.value})"] += 1
+            return
+        log.warning("donor %s withholds %s: %d recipients failed to boot it",
+                    self.identity.donor_id, trip.manifest_digest[:12], trip.failures)
+        self._events.append(ImageWithheld(manifest_digest=trip.manifest_digest,
+                                          target=trip.target, failures=trip.failures,
+                                          recipients=trip.recipients))
 
     def _offer_delay(self) -> float:
         lim = self.limits
@@ -287,34 +362,103 @@ class DonorResponder:
         return delay
 
     def _on_solicit(self, solicit: Solicit, now: float) -> None:
+        if solicit.recipient_id == self.identity.donor_id:
+            self.ignored["own solicit looped back"] += 1  # a node never donates to itself
+            return
         key = (solicit.recipient_id, solicit.xid)
         st = self._solicits.get(key)
+        deferred = False
         if st is not None:
             st.last_seen = now
-            if not st.sm.can(_I.RESOLICIT):
+            deferred = st.sm.state is _S.PENDING and st.offer_at is None
+            if not deferred and not st.sm.can(_I.RESOLICIT):
                 self.ignored[f"repeated solicit while {st.sm.state.value}"] += 1
                 return
+        why = None
         if self.load >= self.limits.capacity:
-            self.skipped["at capacity"] += 1
-            return
-        if self._best_image(solicit) is None:
-            self.skipped["no matching image"] += 1
+            why = "at capacity"
+        elif self._best_image(solicit) is None:
+            why = "no matching image"
+        if why is not None and self.limits.defer_s <= 0:
+            self.skipped[why] += 1
             return
         if st is None:
             if len(self._solicits) >= self.limits.max_tracked:
                 self.skipped["tracking table full"] += 1
                 return
-            st = self._solicits[key] = _SolicitState(solicit, now)
+            st = self._track(key, _SolicitState(solicit, now), now)
+        elif deferred:  # a retransmit of a solicit we deferred: still pending
+            self._waiting.pop(key, None)
+            st.solicit, st.overheard = solicit, 0
         else:
             st.sm.fire(_I.RESOLICIT)
             st.solicit, st.overheard = solicit, 0
+        if why is not None:
+            # Deferred offer: remember the solicit for ``defer_s`` and offer as soon as a
+            # slot frees or the image arrives (a partial donor's first verified chunk),
+            # instead of leaving the recipient to its next, backed-off retransmit.
+            self.skipped[f"{why} (deferred)"] += 1
+            self._waiting.pop(key, None)
+            self._waiting[key] = now + self.limits.defer_s
+            if self._recheck_at is None or self._recheck_at <= now:
+                self._recheck_at = now + self.limits.recheck_s
+            return
         st.offer_at = now + self._offer_delay()
+
+    def _recheck(self, now: float) -> None:
+        """Offer to waiting solicits while free slots last. The waiting solicits are
+        taken in **random** order: every partial donor gets its first chunk at about the
+        same time, and first-come order would send all their offers to the same few
+        recipients while the rest wait. O(free slots) when able; expired entries are
+        purged at most every :data:`_WAIT_PURGE_S`."""
+        self._recheck_at = now + self.limits.recheck_s
+        if now >= self._wait_purge_at:
+            self._wait_purge_at = now + _WAIT_PURGE_S
+            for key, until in list(self._waiting.items()):
+                st = self._solicits.get(key)
+                if until < now or st is None or st.sm.state is not _S.PENDING \
+                        or st.offer_at is not None:
+                    del self._waiting[key]
+        free = self.limits.capacity - self.load - self._offers_out(now) - sum(
+            1 for st in self._solicits.values() if st.offer_at is not None)
+        if free > 0 and self._waiting:
+            withheld = self.breaker.is_withheld
+            catalog = [i for i in self._catalog() if not withheld(i.manifest_digest)]
+            keys = list(self._waiting)
+            picks = self._rng.sample(keys, min(len(keys), 2 * free)) if catalog else []
+            for key in picks:
+                st = self._solicits.get(key)
+                if st is None or st.sm.state is not _S.PENDING or st.offer_at is not None \
+                        or self._waiting[key] < now:
+                    del self._waiting[key]
+                    continue
+                if any(img.fits(st.solicit) for img in catalog):
+                    del self._waiting[key]
+                    st.offer_at = now + self._offer_delay()
+                    free -= 1
+                    if free <= 0:
+                        break
+        if not self._waiting:
+            self._recheck_at = None
+
+    def _offers_out(self, now: float) -> int:
+        """Offers sent and neither accepted nor lost yet, within one offer lifetime."""
+        horizon = now - OFFER_LIFETIME_S
+        return sum(1 for st in self._solicits.values()
+                   if st.sm.state is _S.OFFERED and st.offered_at is not None
+                   and st.offered_at >= horizon)
 
     def _on_offer(self, offer: Offer, now: float) -> None:
         if offer.donor_id == self.identity.donor_id:
             self.ignored["own offer looped back"] += 1
             return
         self.ignored["overheard offer"] += 1
+        if offer.donor_kind is DonorKind.PEER and offer.held is None:
+            # A complete peer can serve this image (a console caps itself on this).
+            if len(self.peer_offers) >= self.limits.max_tracked:
+                self.peer_offers.pop(next(iter(self.peer_offers)))
+            self.peer_offers.pop(offer.manifest_digest, None)
+            self.peer_offers[offer.manifest_digest] = now
         st = self._solicits.get((offer.recipient_id, offer.xid))
         if st is not None:
             # Known-answer suppression: only an offer at least as new as ours makes ours
@@ -333,6 +477,10 @@ class DonorResponder:
             why = "suppressed (enough offers overheard)"
         elif self.load >= self.limits.capacity:
             why = "at capacity"
+        elif self.load + self._offers_out(now) >= self.limits.capacity:
+            # Offers are promises: never make more than the free slots could keep, so the
+            # other recipients hear no offer from us and others (the console) answer them.
+            why = "at capacity (offers outstanding)"
         elif image is None:
             why = "no matching image"
         if why is not None or image is None:
@@ -340,6 +488,7 @@ class DonorResponder:
             self.skipped[why or "no matching image"] += 1
             return
         st.sm.fire(_I.SEND)
+        st.offered_at = now
         s = st.solicit
         ident = self.identity
         offer = Offer(xid=s.xid, recipient_id=s.recipient_id, donor_id=ident.donor_id,
@@ -348,7 +497,7 @@ class DonorResponder:
                       security_version=image.security_version, size=image.size,
                       load=self.load, capacity=self.limits.capacity,
                       transfer_url=ident.transfer_url, lease_s=self.limits.lease_s,
-                      topology=ident.topology)
+                      topology=ident.topology, held=image.held)
         self._outbox.append((offer, GROUP))
         self._events.append(OfferSent(xid=s.xid, recipient_id=s.recipient_id,
                                       manifest_digest=image.manifest_digest))
@@ -384,6 +533,9 @@ class DonorResponder:
         if image is None:
             self._nak(accept, addr, "unknown manifest digest")
             return
+        if self.breaker.is_withheld(image.manifest_digest):
+            self._nak(accept, addr, "image withheld by the fleet circuit breaker")
+            return
         if self.load >= self.limits.capacity:
             self._nak(accept, addr, f"at capacity ({self.load}/{self.limits.capacity})")
             return
@@ -395,7 +547,7 @@ class DonorResponder:
                                   target=image.target, machine_name=image.machine_names[0],
                                   installed_version=None, security_version=0,
                                   min_security_version=0)
-            st = self._solicits[key] = _SolicitState(placeholder, now)
+            st = self._track(key, _SolicitState(placeholder, now), now)
         st.sm.fire(_I.GRANT)
         st.offer_at, st.last_seen = None, now
         token = f"{self._rng.getrandbits(128):032x}"

@@ -19,6 +19,7 @@ __all__ = [
     "DonorSelected",
     "Event",
     "GaveUp",
+    "ImageWithheld",
     "OfferReceived",
     "OfferRejected",
     "OfferSent",
@@ -140,6 +141,19 @@ class Released:
     bytes_received: int
 
 
-DonorEvent = OfferSent | ReservationGranted | ReservationEnded | Declined | Released
+@dataclass(frozen=True, kw_only=True)
+class ImageWithheld:
+    """The fleet circuit breaker tripped: ``failures`` distinct recipients reported that
+    ``manifest_digest`` did not boot; this donor no longer offers or ACKs it."""
+
+    manifest_digest: str
+    target: str
+    failures: int
+    recipients: tuple[str, ...]
+
+
+DonorEvent = (
+    OfferSent | ReservationGranted | ReservationEnded | Declined | Released | ImageWithheld
+)
 
 Event = RecipientEvent | DonorEvent

@@ -15,6 +15,7 @@ message       sent from → to              DHCP analogue (RFC 2131 §3.1)
 ``Nak``       donor → recipient unicast   DHCPNAK
 ``Decline``   recipient → donor unicast   DHCPDECLINE
 ``Release``   recipient → donor unicast   DHCPRELEASE
+``Report``    recipient → group           (none: the fleet circuit breaker's input)
 ============  ==========================  =============================================
 
 Offers are hints, never trust: the recipient trusts only the signed manifest they name.
@@ -41,6 +42,8 @@ __all__ = [
     "Nak",
     "Offer",
     "Release",
+    "Report",
+    "ReportOutcome",
     "Solicit",
 ]
 
@@ -55,6 +58,8 @@ MAX_REASON = 200
 MAX_DECLINED = 8
 MAX_URL = 200
 MAX_LOAD = 65_535
+# A partial donor's verified chunk count: 2^24 chunks of 4 KiB already covers 64 GiB.
+MAX_HELD = 2**24
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -152,7 +157,9 @@ class Offer:
     """Donor → group: "I can serve the package with this manifest digest."
 
     ``load`` counts active uploads plus live reservations; ``capacity`` is the donor's
-    admission limit; ``lease_s`` is how long an ACK would reserve the donor.
+    admission limit; ``lease_s`` is how long an ACK would reserve the donor. ``held`` is
+    ``None`` for a complete donor; a *partial donor* (a recipient still receiving) sets it
+    to the number of chunks it has verified (at least 1: a donor holding none never offers).
     """
 
     TYPE: ClassVar[str] = "offer"
@@ -170,11 +177,14 @@ class Offer:
     transfer_url: str
     lease_s: float
     topology: str | None = None
+    held: int | None = None
 
     def __post_init__(self) -> None:
         _int("xid", self.xid, 0, U32)
         _str("recipient_id", self.recipient_id, _ID)
         _str("donor_id", self.donor_id, _ID)
+        if self.held is not None:
+            _int("held", self.held, 1, MAX_HELD + 1)
         if not isinstance(self.donor_kind, DonorKind):
             _fail("bad donor_kind", field="donor_kind", value=repr(self.donor_kind)[:80])
         _str("target", self.target, _NAME)
@@ -313,4 +323,39 @@ class Release:
         return self.recipient_id
 
 
-Message = Solicit | Offer | Accept | Ack | Nak | Decline | Release
+class ReportOutcome(StrEnum):
+    """What the boot check after a recovery saw."""
+
+    BOOTED = "booted"
+    BOOT_FAILED = "boot_failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """Recipient → group, after the boot check: how the image ``manifest_digest`` booted.
+
+    Donors (peers and consoles) count distinct recipients reporting ``boot_failed`` per
+    digest: the fleet circuit breaker (see :mod:`fwrescue.protocol.breaker`).
+    """
+
+    TYPE: ClassVar[str] = "report"
+    xid: int
+    recipient_id: str
+    target: str
+    manifest_digest: str
+    outcome: ReportOutcome
+
+    def __post_init__(self) -> None:
+        _int("xid", self.xid, 0, U32)
+        _str("recipient_id", self.recipient_id, _ID)
+        _str("target", self.target, _NAME)
+        _str("manifest_digest", self.manifest_digest, _HEX64)
+        if not isinstance(self.outcome, ReportOutcome):
+            _fail("bad outcome", field="outcome", value=repr(self.outcome)[:80])
+
+    @property
+    def sender_id(self) -> str:
+        return self.recipient_id
+
+
+Message = Solicit | Offer | Accept | Ack | Nak | Decline | Release | Report

@@ -187,6 +187,9 @@ class RecipientSession:
         self._round_excluded: dict[str, str] = {}
         self._failed_donors: set[str] = set()
         self._declined: dict[str, None] = {}  # insertion-ordered set of digests
+        self._excluded: dict[str, str] = {}  # donor id -> why (swarming: already in use)
+        self._needle = f'"recipient_id":"{identity.node_id}"'.encode("ascii")
+        self._required_digest: str | None = None
 
     # --- inspection ------------------------------------------------------------------------
 
@@ -248,9 +251,17 @@ class RecipientSession:
             self._next(now, why)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
-        """Process one datagram. Never raises for bad input: it is dropped and counted."""
+        """Process one datagram. Never raises for bad input: it is dropped and counted.
+
+        Storm control: only OFFER, ACK and NAK addressed to this node matter, and every
+        fwrescue encoder writes compact JSON, so a datagram that does not contain
+        ``"recipient_id":"<node id>"`` is dropped before it is authenticated or parsed
+        (dropping is always safe; nothing is accepted on this test)."""
         if self._sm.state in (_S.IDLE, _S.DONE, _S.GAVE_UP, _S.ERROR):
             self._drop("session not active", addr)
+            return
+        if data[:4] == b"FWRN" and self._needle not in data:  # malformed ones: decoded
+            self.ignored["not addressed to us (prefilter)"] += 1
             return
         try:
             msg = self._codec.decode(data, now)
@@ -281,6 +292,17 @@ class RecipientSession:
         return self._events.popleft() if self._events else None
 
     # --- caller API ------------------------------------------------------------------------
+
+    def require_digest(self, digest: str) -> None:
+        """Accept only offers of ``digest`` (a swarm's extra sessions: same image); offers
+        of other digests are rejected and their digests declined in later SOLICITs."""
+        self._required_digest = digest
+
+    def exclude_donor(self, donor_id: str, reason: str) -> None:
+        """Never accept ``donor_id`` in this session (e.g. already serving this image to us
+        in another session). Offers from it are rejected with ``reason``."""
+        self._excluded[donor_id] = _clean_reason(reason)
+
 
     def donor_failed(self, reason: str, now: float) -> None:
         """The transfer from the ACKed donor failed: never use it again; try the next offer."""
@@ -365,6 +387,13 @@ class RecipientSession:
             return f"manifest digest {offer.manifest_digest[:12]}… was declined earlier"
         if offer.donor_id in self._failed_donors:
             return f"donor {offer.donor_id} failed earlier"
+        if offer.donor_id in self._excluded:
+            return f"donor {offer.donor_id} excluded: {self._excluded[offer.donor_id]}"
+        if self._required_digest is not None and offer.manifest_digest != self._required_digest:
+            # Committed to one image: every other digest is declined for this session, and
+            # the next SOLICIT says so, so its donors stop offering (and suppressing others).
+            self._declined[offer.manifest_digest] = None
+            return f"not the image being fetched ({offer.manifest_digest[:12]}…)"
         if offer.donor_id in self._round_excluded:
             return f"donor {offer.donor_id} {self._round_excluded[offer.donor_id]}"
         return None
@@ -427,6 +456,12 @@ class RecipientSession:
             cand = by_donor.pop(offer.donor_id, None)
             if cand is not None and cand[0] == offer:  # ignore offers a policy made up
                 ranked.append(cand)
+        if self._required_digest is not None:
+            # Swarming, one image: versions are equal, so prefer what serves us most — a
+            # complete donor, then the partial donor holding the most chunks, then the
+            # least loaded (stable: the policy's order breaks the remaining ties).
+            ranked.sort(key=lambda c: (c[0].held is not None, -(c[0].held or 0),
+                                       c[0].load_ratio))
         for offer, _ in by_donor.values():
             reason = f"not ranked by policy: {selection.reason}"
             self._events.append(OfferRejected(offer=offer, reason=reason))

@@ -123,8 +123,11 @@ class RecoveryEngine:
         network: NetworkFetcher | None = None,
         events: EventSink | None = None,
         clock: Callable[[], float] = time.time,
+        on_boot_checked: Callable[[VerifiedManifest, bool], None] | None = None,
     ) -> None:
         self.settings = settings
+        # Told after every boot check of a freshly written image (the agent sends REPORT).
+        self._on_boot_checked = on_boot_checked
         self._flash = flash
         self._host = host
         self._verifier = verifier
@@ -362,6 +365,11 @@ class RecoveryEngine:
         record = self._record(record.advance(Phase.BOOTING), percent=90)
         self._journal.set_installed(verified.signed.raw)
         booted = await self._release_and_boot()
+        if booted is not None and self._on_boot_checked is not None:
+            try:
+                self._on_boot_checked(verified, booted)
+            except Exception:  # a report is advice to the fleet; it never fails a recovery
+                log.exception("%s: boot report failed", self.settings.target)
         if booted is False:
             raise RecoveryFailed("the verified image did not boot within the watchdog time")
         self._verifier.commit_flashed(verified)

@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from fwrescue.redfish.auth import AuthStore
-from fwrescue.redfish.backend import OperationEvent, RedfishBackend
+from fwrescue.redfish.backend import FleetNotices, OperationEvent, RedfishBackend, ResourceNotice
 from fwrescue.redfish.events import EventHub, Poster
 from fwrescue.redfish.http import SERVICE, Service, make_middlewares
 from fwrescue.redfish.messages import Registries
@@ -116,10 +116,23 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             log.exception("could not apply operation event %r", event)
 
     unsubscribe = svc.backend.subscribe(callback)
+
+    def on_notice(notice: ResourceNotice) -> None:
+        try:
+            message = svc.registries.message(notice.message_id, notice.args)
+            svc.events.publish([message], notice.origin, svc.clock())
+        except Exception:
+            log.exception("could not publish resource notice %r", notice)
+
+    backend = svc.backend
+    unsubscribe_notices = (backend.subscribe_notices(on_notice)
+                           if isinstance(backend, FleetNotices) else None)
     try:
         yield
     finally:
         unsubscribe()
+        if unsubscribe_notices is not None:
+            unsubscribe_notices()
         await svc.events.stop()
         for task in list(svc.background):
             task.cancel()

@@ -26,15 +26,18 @@ __all__ = [
     "RESET_TYPES",
     "TARGET_STATES",
     "ApplyTime",
+    "FleetNotices",
     "ImageInfo",
     "OperationEvent",
     "OperationKind",
     "OperationState",
     "RedfishBackend",
     "ResetType",
+    "ResourceNotice",
     "SystemIdentity",
     "TargetInfo",
     "Unsubscribe",
+    "WithheldImage",
 ]
 
 ApplyTime = Literal["Immediate", "OnReset"]
@@ -199,4 +202,38 @@ class RedfishBackend(Protocol):
     def subscribe(self, callback: Callable[[OperationEvent], None]) -> Unsubscribe:
         """Deliver every operation event (updates and automatic recoveries) to ``callback``,
         on the event loop thread; return a function that stops the delivery."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourceNotice:
+    """A registry message about a resource (not a Task), e.g. an image the fleet circuit
+    breaker withheld: published through the EventService as a ``ResourceEvent``."""
+
+    message_id: str
+    args: tuple[str, ...]
+    origin: str  # the @odata.id of the resource the message is about
+
+
+@dataclass(frozen=True, kw_only=True)
+class WithheldImage:
+    """An image this agent no longer donates: ``failures`` distinct recipients reported
+    that it did not boot (docs/protocol.md, REPORT and the fleet circuit breaker)."""
+
+    manifest_digest: str
+    target: str
+    failures: int
+    recipients: tuple[str, ...]
+
+
+@runtime_checkable
+class FleetNotices(Protocol):
+    """Optional backend side: the circuit breaker's withheld images, and notices of them."""
+
+    def withheld_images(self) -> list[WithheldImage]:
+        """Images withheld, in the order they were withheld."""
+        ...
+
+    def subscribe_notices(self, callback: Callable[[ResourceNotice], None]) -> Unsubscribe:
+        """Call ``callback`` for each new notice until unsubscribed."""
         ...

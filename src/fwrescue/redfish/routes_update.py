@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from fwrescue.errors import FwRescueError
-from fwrescue.redfish.backend import ImageInfo, TargetInfo
+from fwrescue.redfish.backend import FleetNotices, ImageInfo, TargetInfo
 from fwrescue.redfish.http import (
     SERVICE,
     Service,
@@ -124,8 +124,18 @@ def add_update_routes(app: web.Application) -> None:
     svc = app[SERVICE]
     limit = svc.settings.max_image_size
 
+    def withheld_oem() -> dict[str, Any]:
+        """The fleet circuit breaker's withheld images, under ``Oem.Fwrescue``."""
+        backend = svc.backend
+        images = backend.withheld_images() if isinstance(backend, FleetNotices) else []
+        return {"Fwrescue": {"WithheldImages": [
+            {"ManifestDigest": w.manifest_digest, "Target": w.target,
+             "BootFailures": w.failures, "Recipients": list(w.recipients)}
+            for w in images]}}
+
     async def update_service(_: web.Request) -> web.Response:
         return json_response(with_policy_links(svc.backend, {
+                "Oem": withheld_oem(),
                 "@odata.id": US,
                 "@odata.type": "#UpdateService.v1_17_0.UpdateService",
                 "Id": "UpdateService",

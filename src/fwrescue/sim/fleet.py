@@ -112,10 +112,13 @@ def build_fleet(
     redfish: RedfishSettings | None = None,
     seed: int = 1,
     timing_scale: float = 0.0,
+    chunk_size: int = 64 * 1024,
+    all_newest: bool = False,
 ) -> FleetPlan:
     """Create keys, two releases per board (1.0.0 and 1.1.0), a console repository of the
     newest releases and ``nodes`` provisioned BMCs (boards assigned round-robin, versions
-    alternating). ``base_image`` (e.g. OVMF code) replaces random firmware bytes."""
+    alternating unless ``all_newest``). ``base_image`` (e.g. OVMF code) replaces random
+    firmware bytes; ``chunk_size`` is the signed manifests' chunk size."""
     if root.exists():
         if any(root.iterdir()) and not (root / FLEET_MARKER).exists():
             raise ConfigError("refusing to replace a folder that fwrescue demo did not "
@@ -146,7 +149,8 @@ def build_fleet(
             image.write_bytes(bytes(data))
             package = releases_dir / f"{board}-{version}.fwpkg"
             signed = build_package(image, package, key=key, target="bios", machine_names=[board],
-                                   version=version, security_version=sv)
+                                   version=version, security_version=sv,
+                                   chunk_size=chunk_size)
             plan.releases[board].append(Release(board, version, sv, package, image, signed))
     repo = root / "console-repo"
     repo.mkdir()
@@ -155,7 +159,7 @@ def build_fleet(
     plan.console_repo = repo
     for i in range(nodes):
         board = board_names[i % boards]
-        release = plan.releases[board][(i // boards) % 2]
+        release = plan.releases[board][1 if all_newest else (i // boards) % 2]
         plan.nodes.append(_provision(plan, f"node-{i + 1:02d}", board, release,
                                      chip_size=chip_size, flash_kind=flash_kind,
                                      host_kind=host_kind, timers=timers, policy=policy,

@@ -36,6 +36,8 @@ from fwrescue.errors import (
     SizeLimitExceeded,
     TransferError,
 )
+from fwrescue.transfer.havemap import decode_have_map, have_map_length
+from fwrescue.transfer.pacing import Pacer
 from fwrescue.transfer.staging import StagedImage, StagingError
 from fwrescue.transfer.tokens import TokenError, is_digest, validate_token
 from fwrescue.trust.manifest import MAX_MANIFEST_BYTES
@@ -215,8 +217,10 @@ class ImageFetcher:
         limits: TransferLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         verify_chunk: ChunkCheck = Verifier.verify_chunk,
+        ingress: Pacer | None = None,
     ) -> None:
         self._session = session
+        self._ingress = ingress
         self.limits = limits or TransferLimits()
         self._clock = clock
         self._verify_chunk = verify_chunk
@@ -340,6 +344,8 @@ class ImageFetcher:
                         got += len(block)
                         received += len(block)
                         counters.bytes_received += len(block)
+                        if self._ingress is not None:
+                            await self._ingress.pace(len(block))
                         self._check_throughput(received, request_started)
                     sink.put(index, parts[0] if len(parts) == 1 else b"".join(parts))
                     del parts
@@ -350,6 +356,84 @@ class ImageFetcher:
             raise DonorUnavailable("donor lost mid-transfer", detail=repr(e)) from e
         except aiohttp.ClientError as e:
             raise TransferError("image request failed", detail=repr(e)) from e
+
+    # --- swarming: one run of chunks, and a donor's have-map --------------------------------
+
+    async def fetch_have_map(self, base_url: str, token: str,
+                             verified: VerifiedManifest) -> list[int]:
+        """The chunk indices the donor at ``base_url`` holds verified (``GET /chunks``).
+
+        Raises DonorUnavailable (refused, gone) or TransferError (a body that is not
+        exactly this image's have-map)."""
+        manifest = verified.manifest
+        url = _endpoint(base_url, "chunks", manifest.sha256)
+        limit = have_map_length(manifest.chunk_count)
+        try:
+            async with self._session.get(url, headers=self._headers(token),
+                                         timeout=self._timeout, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise _refusal(resp, "have-map")
+                if resp.content_length is not None and resp.content_length != limit:
+                    raise TransferError("have-map has the wrong length",
+                                        length=resp.content_length, expected=limit)
+                body = await resp.content.read(limit + 1)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError,
+                ConnectionError) as e:
+            raise DonorUnavailable("donor lost while sending its have-map",
+                                   detail=repr(e)) from e
+        except aiohttp.ClientError as e:
+            raise TransferError("have-map request failed", detail=repr(e)) from e
+        return decode_have_map(body, manifest.chunk_count)
+
+    async def fetch_chunks(self, base_url: str, token: str, verified: VerifiedManifest,
+                           first: int, last: int,
+                           deliver: Callable[[int, bytes], None],
+                           on_bytes: Callable[[int], None] | None = None) -> int:
+        """One Range request for chunks ``first..last``; ``deliver(index, data)`` gets
+        each chunk as it completes, **unverified** (the caller verifies before keeping
+        it, and raises to abort). Returns the body bytes read. Errors as
+        :meth:`fetch_image` (a 416, a wrong range or length is a TransferError)."""
+        manifest = verified.manifest
+        start = manifest.chunk_span(first)[0]
+        last_offset, last_length = manifest.chunk_span(last)
+        end = last_offset + last_length
+        url = _endpoint(base_url, "images", manifest.sha256)
+        headers = dict(self._headers(token), Range=f"bytes={start}-{end - 1}")
+        ingress = self._ingress
+        received = 0
+        try:
+            async with self._session.get(url, headers=headers, timeout=self._timeout,
+                                         allow_redirects=False) as resp:
+                self._check_image_response(resp, start, end, manifest.size)
+                request_started = self._clock()
+                read = resp.content.read
+                for index in range(first, last + 1):
+                    length = manifest.chunk_span(index)[1]
+                    parts: list[bytes] = []
+                    got = 0
+                    while got < length:
+                        block = await read(min(length - got, self.limits.read_block))
+                        if not block:
+                            raise DonorUnavailable("donor ended the range early", chunk=index,
+                                                   expected=end - start, received=received)
+                        parts.append(block)
+                        got += len(block)
+                        received += len(block)
+                        if on_bytes is not None:
+                            on_bytes(len(block))
+                        if ingress is not None:  # this BMC's link, shared by its downloads
+                            await ingress.pace(len(block))
+                        self._check_throughput(received, request_started)
+                    deliver(index, parts[0] if len(parts) == 1 else b"".join(parts))
+                    del parts
+                if not resp.content.at_eof():
+                    resp.close()
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError,
+                ConnectionError) as e:
+            raise DonorUnavailable("donor lost mid-range", detail=repr(e)) from e
+        except aiohttp.ClientError as e:
+            raise TransferError("range request failed", detail=repr(e)) from e
+        return received
 
     def _check_image_response(self, resp: aiohttp.ClientResponse, start: int, end: int,
                               size: int) -> None:

@@ -17,7 +17,13 @@ learns nothing about content it was not granted.
 
 Admission control: at most ``max_uploads`` image bodies stream at once; others get 503
 with ``Retry-After``. ``on_load_change(n)`` reports the live count (OFFERs carry it).
-An optional per-upload rate limit paces the body (to simulate a 100 Mb/s BMC link).
+An optional rate limit shapes the donor's **total** egress, every upload together (a
+100 Mb/s BMC link), with one shared :class:`~fwrescue.transfer.pacing.Pacer`.
+
+Partial donors (``servables``, see :mod:`fwrescue.transfer.partial`): ``GET
+/chunks/{sha256}`` answers the have-map (one bit per verified chunk), and an image the
+store does not hold is served from a staging only for ranges whose every chunk is
+verified here; any other request for it gets 416. Nothing unverified is ever served.
 Unpaced bodies go out with zero-copy ``sendfile`` in ``read_block`` pieces; paced ones
 (and TLS) are read from the file in ``read_block`` pieces. Memory per upload is bounded.
 """
@@ -25,18 +31,23 @@ Unpaced bodies go out with zero-copy ``sendfile`` in ``read_block`` pieces; pace
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from fwrescue.errors import ConfigError
+from fwrescue.transfer.pacing import Pacer
 from fwrescue.transfer.tokens import TokenError, TokenRegistry, is_digest
+
+if TYPE_CHECKING:
+    from fwrescue.transfer.partial import Servable
 
 __all__ = [
     "IMAGE_CATALOG",
@@ -54,6 +65,8 @@ __all__ = [
 _MAX_TOKEN_STATS = 4096
 # A Range header longer than this is not a single range we would serve.
 _MAX_RANGE_HEADER = 128
+# Reads this small come from the page cache in microseconds: a thread hop would cost more.
+_INLINE_READ = 64 * 1024
 _RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 
 
@@ -65,9 +78,16 @@ class ImageCatalog(Protocol):
     def image_path(self, sha256: str) -> Path | None: ...
 
 
+class Servables(Protocol):
+    """Where a donor finds which ranges of an image it may serve (complete or partial)."""
+
+    def servable(self, sha256: str) -> Servable | None: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class TransferServerSettings:
-    """Donor limits. ``rate_limit_bps`` is bytes per second per upload (None: unpaced)."""
+    """Donor limits. ``rate_limit_bps`` is bytes per second for all uploads together
+    (None: unpaced)."""
 
     max_uploads: int = 4
     rate_limit_bps: int | None = None
@@ -101,13 +121,19 @@ class ServerStats:
     uploads_refused: int
     image_bytes: int
     bytes_by_token: dict[str, int]
+    bytes_by_image: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class _State:
     """Live counters of one app; mutated only on its event loop."""
 
-    def __init__(self, on_load_change: Callable[[int], None] | None) -> None:
+    def __init__(self, on_load_change: Callable[[int], None] | None,
+                 pacer: Pacer | None = None) -> None:
         self.on_load_change = on_load_change
+        self.pacer = pacer
+        self.partial_refused = 0
+        self.capped_refused = 0
+        self.by_image: dict[str, int] = {}
         self.active = 0
         self.peak = 0
         self.started = 0
@@ -115,8 +141,10 @@ class _State:
         self.image_bytes = 0
         self.by_token: OrderedDict[str, int] = OrderedDict()
 
-    def add_bytes(self, token: str, n: int) -> None:
+    def add_bytes(self, token: str, n: int, sha256: str | None = None) -> None:
         self.image_bytes += n
+        if sha256 is not None and (sha256 in self.by_image or len(self.by_image) < 4096):
+            self.by_image[sha256] = self.by_image.get(sha256, 0) + n
         self.by_token[token] = self.by_token.get(token, 0) + n
         self.by_token.move_to_end(token)
         while len(self.by_token) > _MAX_TOKEN_STATS:
@@ -131,13 +159,16 @@ class _State:
     def snapshot(self) -> ServerStats:
         return ServerStats(active_uploads=self.active, peak_uploads=self.peak,
                            uploads_started=self.started, uploads_refused=self.refused,
-                           image_bytes=self.image_bytes, bytes_by_token=dict(self.by_token))
+                           image_bytes=self.image_bytes, bytes_by_token=dict(self.by_token),
+                           bytes_by_image=dict(self.by_image))
 
 
 IMAGE_CATALOG = web.AppKey("fwrescue_image_catalog", ImageCatalog)
 TOKENS = web.AppKey("fwrescue_tokens", TokenRegistry)
 SETTINGS = web.AppKey("fwrescue_transfer_settings", TransferServerSettings)
 SERVER_STATE = web.AppKey("fwrescue_transfer_state", _State)
+SERVABLES = web.AppKey("fwrescue_servables", Servables)
+ADMIT: web.AppKey[Callable[[str, int], bool]] = web.AppKey("fwrescue_admit_image")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -220,8 +251,15 @@ async def _image(request: web.Request) -> web.StreamResponse:
         return auth
     token = auth
     path = request.app[IMAGE_CATALOG].image_path(sha256)
+    partial: Servable | None = None
     if path is None:
-        return _error(404, "Base.1.22.ResourceNotFound", "no such image")
+        partial = _servable(request, sha256)
+        if partial is None:
+            return _error(404, "Base.1.22.ResourceNotFound", "no such image")
+        refusal = _partial_refusal(request, partial)
+        if refusal is not None:
+            return refusal
+        path = partial.path
     loop = asyncio.get_running_loop()
     try:
         fd = await loop.run_in_executor(None, os.open, path, os.O_RDONLY)
@@ -232,6 +270,41 @@ async def _image(request: web.Request) -> web.StreamResponse:
         return await _send_image(request, fd, size, sha256, token)
     finally:
         os.close(fd)
+
+
+def _servable(request: web.Request, sha256: str) -> Servable | None:
+    servables = request.app.get(SERVABLES)
+    return servables.servable(sha256) if servables is not None else None
+
+
+def _partial_refusal(request: web.Request, partial: Servable) -> web.Response | None:
+    """416 unless the asked range lies wholly in chunks verified here (whole image: all)."""
+    size = partial.size
+    try:
+        span = parse_range(request.headers.get("Range"), size)
+    except ValueError:
+        return None  # _send_image answers a malformed range with its own 416
+    first, last = span if span is not None else (0, size - 1)
+    if partial.covers(first, last):
+        return None
+    request.app[SERVER_STATE].partial_refused += 1
+    return _error(416, "Base.1.22.PropertyValueOutOfRange",
+                  "range touches chunks not verified on this donor",
+                  {"Content-Range": f"bytes */{size}"})
+
+
+async def _chunks(request: web.Request) -> web.StreamResponse:
+    """The have-map of an image: one bit per chunk, MSB first, set iff verified here."""
+    sha256 = request.match_info["sha256"]
+    auth = _authorize(request, sha256)
+    if isinstance(auth, web.Response):
+        return auth
+    servable = _servable(request, sha256)
+    if servable is None:
+        return _error(404, "Base.1.22.ResourceNotFound", "no such image")
+    return web.Response(body=servable.have_bitmap(), content_type="application/octet-stream",
+                        headers={"Cache-Control": "no-store",
+                                 "X-Complete": "1" if servable.complete else "0"})
 
 
 async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
@@ -253,6 +326,12 @@ async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
         return resp
     state = request.app[SERVER_STATE]
     settings = request.app[SETTINGS]
+    admit = request.app.get(ADMIT)
+    if admit is not None and not admit(sha256, last - first + 1):
+        state.capped_refused += 1
+        return _error(503, "Base.1.22.ServiceTemporarilyUnavailable",
+                      "this donor no longer serves this image: peers can",
+                      {"Retry-After": str(settings.retry_after_s)})
     if state.active >= settings.max_uploads:
         state.refused += 1
         return _error(503, "Base.1.22.ServiceTemporarilyUnavailable", "donor is busy",
@@ -261,40 +340,45 @@ async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
     state.load(+1)
     try:
         await resp.prepare(request)
-        await _stream(request, resp, fd, first, last, token)
+        await _stream(request, resp, fd, first, last, token, sha256)
         await resp.write_eof()
+    except ConnectionResetError:
+        # The recipient went away (it had what it needed, or gave up): nothing to answer.
+        if request.transport is not None:
+            request.transport.close()
     finally:
         state.load(-1)
     return resp
 
 
 async def _stream(request: web.Request, resp: web.StreamResponse, fd: int, first: int,
-                  last: int, token: str) -> None:
+                  last: int, token: str, sha256: str | None = None) -> None:
     settings = request.app[SETTINGS]
     state = request.app[SERVER_STATE]
     loop = asyncio.get_running_loop()
-    rate = settings.rate_limit_bps
+    pacer = state.pacer
     offset, end = first, last + 1
-    if rate is None:
-        offset = await _sendfile(request, fd, offset, end, token)
-    block = settings.read_block if rate is None else max(4096, min(settings.read_block,
-                                                                   rate // 20))
-    started = loop.time()
+    if pacer is None:
+        offset = await _sendfile(request, fd, offset, end, token, sha256)
+    rate = pacer.rate_bps if pacer is not None else 0
+    block = settings.read_block if pacer is None else max(4096, min(settings.read_block,
+                                                                    rate // 20))
     while offset < end:
-        data = await loop.run_in_executor(None, os.pread, fd, min(block, end - offset), offset)
+        length = min(block, end - offset)
+        if pacer is not None:  # the link's shared budget: every upload of this donor
+            await pacer.pace(length)
+        data = (os.pread(fd, length, offset) if length <= _INLINE_READ
+                else await loop.run_in_executor(None, os.pread, fd, length, offset))
         if not data:
             # The file shrank under us: never pad; abort so the client sees a short body.
             raise ConnectionResetError("image file shorter than announced")
         await resp.write(data)
         offset += len(data)
-        state.add_bytes(token, len(data))
-        if rate is not None:
-            ahead = (offset - first) / rate - (loop.time() - started)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
+        state.add_bytes(token, len(data), sha256)
 
 
-async def _sendfile(request: web.Request, fd: int, offset: int, end: int, token: str) -> int:
+async def _sendfile(request: web.Request, fd: int, offset: int, end: int, token: str,
+                    sha256: str | None = None) -> int:
     """Send ``[offset, end)`` of ``fd`` with zero-copy ``sendfile`` in ``read_block``
     pieces (so ``bytes_by_token`` moves as the body does) and return the offset reached:
     ``end``, or less when the transport cannot sendfile (TLS) and the caller streams
@@ -310,17 +394,17 @@ async def _sendfile(request: web.Request, fd: int, offset: int, end: int, token:
             piece = min(piece_size, end - offset)
             # Counted when handed over, as the copy loop counts a buffered write: the
             # peer may have read the piece before this coroutine resumes.
-            state.add_bytes(token, piece)
+            state.add_bytes(token, piece, sha256)
             try:
                 sent = await loop.sendfile(transport, file, offset, piece, fallback=False)
             except NotImplementedError:
-                state.add_bytes(token, -piece)
+                state.add_bytes(token, -piece, sha256)
                 return offset
             except BaseException:
-                state.add_bytes(token, -piece)
+                state.add_bytes(token, -piece, sha256)
                 raise
             if sent < piece:
-                state.add_bytes(token, sent - piece)
+                state.add_bytes(token, sent - piece, sha256)
                 raise ConnectionResetError("image file shorter than announced")
             offset += sent
     return offset
@@ -332,15 +416,25 @@ def create_transfer_app(
     settings: TransferServerSettings | None = None,
     *,
     on_load_change: Callable[[int], None] | None = None,
+    servables: Servables | None = None,
+    admit_image: Callable[[str, int], bool] | None = None,
 ) -> web.Application:
-    """Build the donor's transfer application (no global state)."""
+    """Build the donor's transfer application (no global state). With ``servables`` it
+    also answers ``/chunks/{sha256}`` and serves partial images (see the module doc).
+    ``admit_image(sha256, length)`` is asked before each image body: False → 503."""
     app = web.Application(client_max_size=1024)  # requests carry no body
     app[IMAGE_CATALOG] = catalog
     app[TOKENS] = tokens
-    app[SETTINGS] = settings or TransferServerSettings()
-    app[SERVER_STATE] = _State(on_load_change)
+    settings = app[SETTINGS] = settings or TransferServerSettings()
+    rate = settings.rate_limit_bps
+    app[SERVER_STATE] = _State(on_load_change, Pacer(rate) if rate is not None else None)
+    if servables is not None:
+        app[SERVABLES] = servables
+    if admit_image is not None:  # e.g. a console that stops serving what peers can
+        app[ADMIT] = admit_image
     app.router.add_get("/manifests/{digest}", _get_manifest, allow_head=False)
     app.router.add_get("/images/{sha256}", _image, allow_head=True)
+    app.router.add_get("/chunks/{sha256}", _chunks, allow_head=False)
     return app
 
 
@@ -354,10 +448,13 @@ class TransferServer:
         settings: TransferServerSettings | None = None,
         *,
         on_load_change: Callable[[int], None] | None = None,
+        servables: Servables | None = None,
+        admit_image: Callable[[str, int], bool] | None = None,
     ) -> None:
         self.settings = settings or TransferServerSettings()
         self.app = create_transfer_app(catalog, tokens, self.settings,
-                                       on_load_change=on_load_change)
+                                       on_load_change=on_load_change, servables=servables,
+                                       admit_image=admit_image)
         self._runner: web.AppRunner | None = None
 
     @property

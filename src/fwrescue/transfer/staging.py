@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fwrescue.errors import ChunkMismatch, LocalError
+from fwrescue.transfer.havemap import encode_have_map
 from fwrescue.trust.verifier import VerifiedManifest, Verifier
 
 __all__ = [
@@ -264,6 +265,29 @@ class StagedImage:
     def verified_bytes(self) -> int:
         m = self.verified.manifest
         return sum(m.chunk_span(i)[1] for i, s in enumerate(self._st) if s == _VERIFIED)
+
+    def have_bitmap(self) -> bytes:
+        """The have-map: one bit per chunk, most significant bit first, set iff verified
+        here (what ``GET /chunks/<sha256>`` serves; see docs/fleet-seams.md)."""
+        return encode_have_map((i for i, s in enumerate(self._st) if s == _VERIFIED),
+                               self.chunk_count)
+
+    def verified_chunks(self) -> list[int]:
+        """Indices of the chunks verified here, ascending."""
+        return [i for i, s in enumerate(self._st) if s == _VERIFIED]
+
+    def is_verified(self, index: int) -> bool:
+        return self._st[self._check_index(index)] == _VERIFIED
+
+    def covers(self, first_byte: int, last_byte: int) -> bool:
+        """Whether every chunk that bytes ``first_byte..last_byte`` (inclusive) touch is
+        verified here: the only ranges a partial donor may serve onward."""
+        if not 0 <= first_byte <= last_byte < self.size:
+            return False
+        chunk_size = self.verified.manifest.chunk_size
+        state = self._st
+        return all(state[i] == _VERIFIED
+                   for i in range(first_byte // chunk_size, last_byte // chunk_size + 1))
 
     def was_fetched(self, index: int) -> bool:
         """Whether bytes of chunk ``index`` arrived before without it being verified."""

@@ -259,8 +259,11 @@ def test_offers_for_other_recipients_are_ignored_not_rejected() -> None:
     script = Script()
     rcp, t1 = started()
     script.offer(rcp, t1 + 0.01, "d", recipient_id="rcp-2")
+    script.offer(rcp, t1 + 0.01, "d", recipient_id="rcp-10")  # our id is a prefix of it
     assert not drain(rcp)[1:]  # only the SolicitSent from start-up
-    assert rcp.ignored["offer for another recipient"] == 1
+    # Storm control drops them before parsing; nothing addressed to us is ever dropped.
+    assert rcp.ignored["not addressed to us (prefilter)"] == 2
+    assert not rcp.dropped
 
 
 def test_out_of_state_and_malformed_datagrams_are_dropped_and_counted() -> None:
