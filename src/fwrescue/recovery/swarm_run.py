@@ -50,7 +50,7 @@ from fwrescue.errors import (
     TransferError,
     TrustError,
 )
-from fwrescue.protocol.events import DonorAcked, Event, GaveUp, OfferReceived, OfferRejected
+from fwrescue.protocol.events import DonorAcked, Event, GaveUp, OfferRejected
 from fwrescue.protocol.messages import DonorKind, Offer
 from fwrescue.protocol.recipient import RecipientSession
 from fwrescue.recovery.fetch_log import SwarmStats, describe, reason_text
@@ -232,7 +232,9 @@ class SwarmRun:
     # --- negotiation events -----------------------------------------------------------
 
     async def _on_event(self, slot: _Slot, event: Event) -> None:
-        if not isinstance(event, OfferReceived | OfferRejected):  # the noisy ones
+        # Offers are the transcript's "who answered" (at most enough_offers a round); the
+        # rejects of a busy group are noise.
+        if not isinstance(event, OfferRejected):
             self._log(type(event).__name__, slot=slot.number, **describe(event))
         if isinstance(event, GaveUp):
             slot.done = True
