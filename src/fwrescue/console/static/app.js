@@ -1,4 +1,5 @@
-// fwrescue console dashboard: plain JS, no build step. Views: #/ fleet, #/node/ID, #/policy.
+// fwrescue console dashboard: plain JS, no build step. Views: #/ fleet, #/node/ID, #/policy,
+// #/accounts (operators).
 "use strict";
 const view = document.getElementById("view");
 let me = { role: "readonly" };
@@ -144,6 +145,36 @@ function policyForms() {
     el("div", { id: "policy-tables" }));
 }
 
+async function accountsView() {
+  if (me.role !== "operator") { view.replaceChildren(el("h2", {}, "Accounts"), el("p", {}, "The operator role is needed to manage accounts.")); return; }
+  const data = await api("/api/accounts");
+  if (!document.getElementById("accounts-table")) {
+    const msg = el("p", { id: "account-message" });
+    const form = el("form", { id: "account-form", onsubmit: async ev => {
+      ev.preventDefault();
+      const f = ev.target;
+      try {
+        const r = await api("/api/accounts", { username: f.username.value, password: f.password.value, role: f.role.value });
+        msg.textContent = `account ${r.username} (${r.role}) created`; msg.className = "ok"; f.reset();
+      } catch (e) { msg.textContent = e.message; msg.className = "error"; }
+      render();
+    } }, el("fieldset", {}, el("legend", {}, "New console account"),
+        el("label", {}, "name ", el("input", { name: "username", id: "account-name", maxlength: "32" })),
+        el("label", {}, " password ", el("input", { name: "password", id: "account-password", type: "password", autocomplete: "new-password" })),
+        el("label", {}, " role ", el("select", { name: "role", id: "account-role" }, el("option", { value: "readonly" }, "readonly"), el("option", { value: "operator" }, "operator"))),
+        el("button", { type: "submit", id: "create-account" }, "Create")));
+    view.replaceChildren(el("h2", {}, "Accounts"), msg, form, el("div", { id: "accounts-table" }));
+  }
+  const msg = document.getElementById("account-message");
+  document.getElementById("accounts-table").replaceChildren(table(["account", "role", ""], data.accounts.map(a =>
+    el("tr", { "data-account": a.username }, el("td", {}, a.username), el("td", {}, a.role),
+      el("td", {}, a.username === me.username ? "(you)" : el("button", { onclick: async () => {
+        try { await api(`/api/accounts/${encodeURIComponent(a.username)}/delete`, {}); msg.textContent = `account ${a.username} deleted`; msg.className = "ok"; }
+        catch (e) { msg.textContent = e.message; msg.className = "error"; }
+        render();
+      } }, "Delete")))), "accounts"));
+}
+
 async function act(id, action) {
   try { await api(`/api/rollouts/${id}/${action}`, {}); } catch (e) { alert(e.message); }
   render();
@@ -157,6 +188,7 @@ async function render() {
     const hash = location.hash || "#/";
     if (hash.startsWith("#/node/")) await nodeView(decodeURIComponent(hash.slice(7)));
     else if (hash === "#/policy") await policyView();
+    else if (hash === "#/accounts") await accountsView();
     else await fleetView();
   } catch (e) { console.error(e); }
   rendering = false;
