@@ -38,16 +38,24 @@ async function fleetView() {
       ([k, n]) => el("tr", {}, el("td", {}, k), el("td", {}, String(n))))));
   }
   const healing = data.nodes.filter(n => n.healing);
+  const recovered = data.nodes.filter(n => n.last_operation && n.last_operation.kind === "recovery");
+  const lastOp = op => op ? `${op.kind} ${op.state}` + (op.donor ? ` via ${op.donor} (${op.donor_kind})` : "") : "";
   const rows = data.nodes.map(n => el("tr", { class: "state-" + n.state, "data-node": n.id },
     el("td", {}, el("a", { href: "#/node/" + encodeURIComponent(n.id) }, n.id)),
     el("td", {}, n.board || "?"), el("td", { class: "state" }, n.state),
     el("td", {}, n.targets.map(t => `${t.name} ${t.version} (sv ${t.security_version}, floor ${t.floor})`).join("; ")),
     el("td", {}, n.healing ? el("span", {}, bar(n.healing.percent), ` ${n.healing.percent}% ${n.healing.message || ""}`) :
-      (n.reachable ? "" : (n.last_error || "unreachable")))));
+      (n.reachable ? "" : (n.last_error || "unreachable"))),
+    el("td", { class: "last-op" }, lastOp(n.last_operation))));
   view.replaceChildren(el("h2", {}, "Fleet"), counts,
     el("h3", {}, `Healing now (${healing.length})`),
     el("ul", { id: "healing" }, ...healing.map(n => el("li", {}, `${n.id}: ${n.healing.kind} ${n.healing.percent}% — ${n.healing.message || ""}`))),
-    table(["node", "board", "state", "firmware", "activity"], rows, "nodes"));
+    el("h3", {}, `Recovered (${recovered.length})`),
+    el("ul", { id: "recovered" }, ...recovered.map(n => el("li", { "data-node": n.id },
+      el("a", { href: "#/node/" + encodeURIComponent(n.id) }, n.id), ` ${n.last_operation.target || ""} ` +
+      (n.last_operation.state === "Completed" ? `recovered from ${n.last_operation.donor || "?"} (${n.last_operation.donor_kind || "?"})` :
+        `recovery ${n.last_operation.state}`) + (n.last_operation.ended_at ? ` at ${n.last_operation.ended_at}` : "") + " — transcript"))),
+    table(["node", "board", "state", "firmware", "activity", "last operation"], rows, "nodes"));
 }
 
 function describe(e) {
