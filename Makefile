@@ -9,8 +9,12 @@ DEMO_ARGS ?= --nodes 8 --boards 2 --corrupt 3 --json demo-out/report.json
 
 .PHONY: demo test lint typecheck unit sysdeps venv bench clean
 
+# On a terminal the demo then holds: the fleet and its console dashboard stay up (URL and
+# password printed before the fleet heals) until Ctrl-C. `make demo DEMO_HOLD=` ends after
+# the summary; without a terminal (CI) it always does.
+DEMO_HOLD ?= --hold
 demo: venv
-	$(BIN)/fwrescue demo $(DEMO_ARGS)
+	$(BIN)/fwrescue demo $(DEMO_ARGS) $$([ -t 1 ] && echo "$(DEMO_HOLD)")
 
 test: sysdeps venv lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -11,7 +11,13 @@ Contract of :meth:`AgentFleetPolicy.apply` (called by the Redfish Oem action):
   then on the verifier refuses any image below it, from Redfish and from donors alike;
 * a target whose installed version is below the baseline updates itself in the background
   through the usual negotiation (peers first, the console as fallback), pinned to the
-  baseline version; progress is an ordinary ``update`` Task (Redfish events).
+  baseline version; progress is an ordinary ``update`` Task (Redfish events);
+* a failed baseline update (no donor has the baseline, nothing verified, the flash write
+  failed; not an image flashed that then did not boot: that is a rollout failure) is
+  retried after ``baseline_retry_initial_s``, doubling after each further failure up to
+  ``baseline_retry_max_s`` (:class:`RetryBackoff`); the Redfish policy resource shows the
+  attempts, why the last one failed and when the next is due. A success, a newly applied
+  policy or a restart starts afresh.
 
 At start, a persisted policy is re-verified (floors re-applied: a crash between the write and
 the floor raise is harmless) and an outstanding baseline update is resumed.
@@ -23,6 +29,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fwrescue.atomicfile import atomic_write
@@ -37,11 +45,47 @@ from fwrescue.trust.rollback import RollbackStore
 if TYPE_CHECKING:
     from fwrescue.agent import Agent
 
-__all__ = ["AgentFleetPolicy", "PolicyError"]
+__all__ = ["AgentFleetPolicy", "BaselineRetry", "PolicyError", "RetryBackoff"]
 
 log = logging.getLogger(__name__)
 
 POLICY_FILE = "fleet-policy.json"
+
+
+@dataclass(frozen=True)
+class RetryBackoff:
+    """Bounded exponential backoff: ``initial_s`` after the first failure, doubling, never
+    more than ``max_s``."""
+
+    initial_s: float
+    max_s: float
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` (>= 1) consecutive failures."""
+        return min(self.max_s, self.initial_s * 2.0 ** min(max(failures, 1) - 1, 64))
+
+
+@dataclass(frozen=True)
+class BaselineRetry:
+    """One target's failed baseline update and the attempt scheduled after it."""
+
+    failures: int
+    last_failure: str
+    delay_s: float
+    next_attempt_at: float  # wall clock (seconds since the epoch)
+
+    @staticmethod
+    def after(previous: BaselineRetry | None, failure: str, backoff: RetryBackoff,
+              now: float) -> BaselineRetry:
+        failures = (previous.failures if previous else 0) + 1
+        delay = backoff.delay(failures)
+        return BaselineRetry(failures, failure[:300], delay, now + delay)
+
+    def describe(self) -> dict[str, Any]:
+        return {"Attempts": self.failures, "LastFailure": self.last_failure,
+                "RetryInterval": f"PT{self.delay_s:g}S",
+                "NextAttempt": datetime.fromtimestamp(self.next_attempt_at, UTC).isoformat(
+                    timespec="seconds")}
 
 
 class AgentFleetPolicy:
@@ -56,6 +100,12 @@ class AgentFleetPolicy:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: per target: the last baseline update's outcome ("updated 1.1.0", "failed: …")
         self.outcomes: dict[str, str] = {}
+        config = agent.config
+        self.backoff = RetryBackoff(config.baseline_retry_initial_s,
+                                    config.baseline_retry_max_s)
+        #: per target: the failed update awaiting its retry
+        self.retries: dict[str, BaselineRetry] = {}
+        self._retry_timers: dict[str, asyncio.TimerHandle] = {}
 
     @property
     def version(self) -> int:
@@ -106,6 +156,8 @@ class AgentFleetPolicy:
                 if policy and t.name in policy.targets else None,
                 "Floor": self._rollback.floor(t.name),
                 "BaselineUpdate": self.outcomes.get(t.name),
+                "BaselineRetry": self.retries[t.name].describe()
+                if t.name in self.retries else None,
             } for t in self._agent.config.targets},
         }
 
@@ -124,15 +176,45 @@ class AgentFleetPolicy:
         return entry.baseline
 
     def start_baseline_updates(self) -> None:
+        """Start every needed baseline update now (at start, and for a newly applied
+        policy): pending retries are brought forward and their backoff starts afresh."""
+        for timer in self._retry_timers.values():
+            timer.cancel()
+        self._retry_timers.clear()
+        self.retries.clear()
         for target in self._agent.targets:
-            baseline = self.below_baseline(target)
-            running = self._tasks.get(target)
-            if baseline is None or (running is not None and not running.done()):
-                continue
-            self._tasks[target] = asyncio.get_running_loop().create_task(
-                self._update(target, baseline))
+            self._start(target)
+
+    def _start(self, target: str) -> None:
+        self._retry_timers.pop(target, None)
+        baseline = self.below_baseline(target)
+        running = self._tasks.get(target)
+        if baseline is None:
+            self.retries.pop(target, None)
+            return
+        if running is not None and not running.done():
+            return
+        self._tasks[target] = asyncio.get_running_loop().create_task(
+            self._update(target, baseline))
+
+    def _failed(self, target: str, failure: str) -> None:
+        """Record the failure and schedule the next attempt (bounded backoff)."""
+        retry = BaselineRetry.after(self.retries.get(target), failure, self.backoff,
+                                    time.time())
+        self.retries[target] = retry
+        old = self._retry_timers.pop(target, None)
+        if old is not None:
+            old.cancel()
+        self._retry_timers[target] = asyncio.get_running_loop().call_later(
+            retry.delay_s, self._start, target)
+        log.warning("%s: baseline update of %s failed (%d in a row): %s; next attempt in "
+                    "%g s", self._agent.config.node_id, target, retry.failures, failure,
+                    retry.delay_s)
 
     async def stop(self) -> None:
+        for timer in self._retry_timers.values():
+            timer.cancel()
+        self._retry_timers.clear()
         for task in self._tasks.values():
             task.cancel()
         for task in self._tasks.values():
@@ -182,6 +264,7 @@ class AgentFleetPolicy:
             result = await engine.apply(located, reason=reason, op_id=op_id)
         except FwRescueError as e:
             self.outcomes[target] = f"failed: {e}"
+            self._failed(target, str(e))
             agent.events(OperationEvent(
                 op_id=op_id, kind="update", target=target, state=OperationState.EXCEPTION,
                 phase="failed", percent=100, message=str(e)[:400],
@@ -190,6 +273,11 @@ class AgentFleetPolicy:
         agent.results[target] = result
         self.outcomes[target] = (f"updated to {result.version_after}" if result.ok
                                  else f"failed: {result.reason}")
+        if result.ok:
+            self.retries.pop(target, None)
+        elif self.below_baseline(target) is not None:  # not flashed: worth another attempt
+            self._failed(target, str(result.reason))
+        # else it was flashed and did not boot: the same image again would not help
         if result.ok and self.below_baseline(target) not in (None, baseline):
             # a newer policy arrived meanwhile with a higher baseline: go on to it
             loop = asyncio.get_running_loop()

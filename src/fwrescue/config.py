@@ -253,6 +253,9 @@ class AgentConfig:
     max_image_size: int = 64 * 1024 * 1024
     #: fleet baseline: minimum security version per target, on top of the persisted floor
     fleet_floors: Mapping[str, int] = field(default_factory=dict)
+    #: a failed fleet-policy baseline update is retried after this, doubling up to the max
+    baseline_retry_initial_s: float = 30.0
+    baseline_retry_max_s: float = 1800.0
 
     @property
     def transport(self) -> TransportSettings:
@@ -599,7 +602,13 @@ def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
         donor=_donor(root.table("donor")),
         targets=targets,
         redfish=_redfish(root.table("redfish")),
+        baseline_retry_initial_s=agent.get_float("baseline_retry_initial_s", 30.0, 0.01,
+                                                 86400),
+        baseline_retry_max_s=agent.get_float("baseline_retry_max_s", 1800.0, 0.01,
+                                             7 * 86400),
     )
+    if config.baseline_retry_max_s < config.baseline_retry_initial_s:
+        raise ConfigError("agent.baseline_retry_max_s must be >= baseline_retry_initial_s")
     for section in (agent, policy, root):
         section.done()
     return config

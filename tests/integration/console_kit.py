@@ -48,8 +48,11 @@ def plan_fleet(root: Path, *, nodes: int, boards: int = 1, image_size: int = 256
 async def running_fleet(plan: FleetPlan, *, start_checks: bool = False,
                         before_start: Callable[[Agent], None] | None = None,
                         poll_s: float = 5.0, configured: bool = True,
-                        discovery: Any = None) -> AsyncIterator[Fleet]:
-    """Start every agent (start-up checks off unless asked) and a console watching them."""
+                        discovery: Any = None,
+                        watch: Callable[[str], bool] = lambda node_id: True,
+                        ) -> AsyncIterator[Fleet]:
+    """Start every agent (start-up checks off unless asked) and a console watching them
+    (configured: those whose node id ``watch`` accepts)."""
     agents: dict[str, Agent] = {}
     runner = None
     try:
@@ -64,7 +67,7 @@ async def running_fleet(plan: FleetPlan, *, start_checks: bool = False,
             repo=plan.console_repo, state_dir=plan.root / "console-state",
             trust=(plan.root / "trust",), network=plan.network,
             agents=tuple(AgentEndpoint(str(a.redfish_url), "admin", AGENT_PASSWORD)
-                         for a in agents.values()) if configured else (),
+                         for n, a in agents.items() if watch(n)) if configured else (),
             discovery=discovery,
             inventory=InventorySettings(poll_s=poll_s, retry_s=0.5),
             accounts=(OPERATOR, VIEWER), rollout_tick_s=0.2)

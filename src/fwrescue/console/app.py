@@ -27,6 +27,7 @@ from fwrescue.console.donor import ConsoleDonor
 from fwrescue.console.inventory import AgentEndpoint, Inventory, InventorySettings
 from fwrescue.console.metrics import ConsoleMetrics
 from fwrescue.console.policy import PolicyDesk
+from fwrescue.console.ratelimit import LoginLimits
 from fwrescue.redfish.ssdp import Announcement, SsdpListener
 from fwrescue.trust.keys import TrustStore
 
@@ -64,6 +65,7 @@ class ConsoleSettings:
     donate: bool = True
     rollout_tick_s: float = 0.5
     discovery: DiscoverySettings | None = None
+    login_limits: LoginLimits = field(default_factory=LoginLimits)
 
 
 class Changes:
@@ -138,7 +140,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     trust = TrustStore.from_files(settings.trust)
     desk = PolicyDesk(db, trust, inventory, on_change=changes.notify,
                       tick_s=settings.rollout_tick_s)
-    auth = ConsoleAuth(db)
+    auth = ConsoleAuth(db, limits=settings.login_limits)
     donor = None
     if settings.donate:
         donor = ConsoleDonor(repo=settings.repo, trust=list(settings.trust),

@@ -2,8 +2,14 @@
 
 Passwords are stored as ``hashlib.scrypt`` (n=2^14, r=8, p=1) with a per-account random
 salt; sessions are random 32-byte tokens kept only as their SHA-256, expiring after
-``ttl_s``. Roles: ``readonly`` (every view) and ``operator`` (also uploads policies and
-starts, pauses and resumes rollouts).
+``ttl_s``. Roles: ``readonly`` (every view) and ``operator`` (also uploads policies, starts,
+pauses and resumes rollouts, and manages accounts).
+
+Account management (:meth:`ConsoleAuth.add_account`, :meth:`ConsoleAuth.delete_account`)
+validates every field here (name ``[A-Za-z0-9._-]{1,32}``, password 8-256 characters, a known
+role) and refuses with :class:`AccountError`, changing nothing: an existing name, deleting
+oneself, deleting the last operator. Deleting an account ends its sessions. Failed logins
+are rate limited by :class:`fwrescue.console.ratelimit.LoginLimiter` (``limiter``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from fwrescue.console.db import Database
+from fwrescue.console.ratelimit import LoginLimiter, LoginLimits
 
 __all__ = ["ROLES", "AccountError", "ConsoleAuth", "Principal"]
 
@@ -49,19 +56,17 @@ def _token_hash(token: str) -> str:
 
 
 class ConsoleAuth:
-    def __init__(self, db: Database, *, ttl_s: float = 8 * 3600.0) -> None:
+    def __init__(self, db: Database, *, ttl_s: float = 8 * 3600.0,
+                 limits: LoginLimits | None = None) -> None:
         self._db = db
         self._ttl = ttl_s
+        self.limiter = LoginLimiter(limits)
         # a dummy hash so an unknown user costs as much as a wrong password
         self._dummy = (secrets.token_bytes(16), _hash("x", b"0" * 16))
 
     async def create_account(self, username: str, password: str, role: str) -> None:
-        if not _USER.match(username):
-            raise AccountError("username: 1-32 chars of [A-Za-z0-9._-]")
-        if not 8 <= len(password) <= _MAX_PASSWORD:
-            raise AccountError(f"password: 8-{_MAX_PASSWORD} characters")
-        if role not in ROLES:
-            raise AccountError(f"role: one of {', '.join(ROLES)}")
+        """Create or replace an account (settings and first start)."""
+        _validate(username, password, role)
         salt = secrets.token_bytes(16)
         digest = await asyncio.to_thread(_hash, password, salt)
 
@@ -72,6 +77,47 @@ class ConsoleAuth:
                          (username, role, salt, digest))
 
         await self._db.write(insert)
+
+    async def add_account(self, username: object, password: object, role: object) -> None:
+        """Create a new account (the dashboard's account form); an existing name is refused."""
+        _validate(username, password, role)
+        assert isinstance(username, str) and isinstance(password, str)
+        salt = secrets.token_bytes(16)
+        digest = await asyncio.to_thread(_hash, password, salt)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute("INSERT INTO accounts (username, role, salt, hash) "
+                             "VALUES (?, ?, ?, ?)", (username, role, salt, digest))
+            except sqlite3.IntegrityError as e:
+                raise AccountError(f"username: {username!r} exists already") from e
+
+        await self._db.write(insert)
+
+    async def delete_account(self, username: str, *, by: Principal) -> None:
+        """Delete ``username`` and its sessions; not oneself, not the last operator."""
+        if username == by.username:
+            raise AccountError("you cannot delete your own account")
+
+        def delete(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT role FROM accounts WHERE username = ?",
+                               (username,)).fetchone()
+            if row is None:
+                raise AccountError(f"no account {username!r}")
+            operators = conn.execute("SELECT COUNT(*) FROM accounts WHERE role = "
+                                     "'operator'").fetchone()[0]
+            if row["role"] == "operator" and operators <= 1:
+                raise AccountError("the last operator account cannot be deleted")
+            conn.execute("DELETE FROM sessions WHERE username = ?", (username,))
+            conn.execute("DELETE FROM accounts WHERE username = ?", (username,))
+
+        await self._db.write(delete)
+
+    async def accounts(self) -> list[dict[str, str]]:
+        """Every account's name and role (never a hash)."""
+        return await self._db.read(lambda c: [
+            {"username": r[0], "role": r[1]}
+            for r in c.execute("SELECT username, role FROM accounts ORDER BY username")])
 
     async def has_accounts(self) -> bool:
         return bool(await self._db.read(
@@ -111,3 +157,12 @@ class ConsoleAuth:
     async def logout(self, token: str) -> None:
         await self._db.write(lambda c: c.execute("DELETE FROM sessions WHERE token_hash = ?",
                                                  (_token_hash(token),)))
+
+
+def _validate(username: object, password: object, role: object) -> None:
+    if not isinstance(username, str) or not _USER.fullmatch(username):
+        raise AccountError("username: 1-32 chars of [A-Za-z0-9._-]")
+    if not isinstance(password, str) or not 8 <= len(password) <= _MAX_PASSWORD:
+        raise AccountError(f"password: 8-{_MAX_PASSWORD} characters")
+    if role not in ROLES:
+        raise AccountError(f"role: one of {', '.join(ROLES)}")

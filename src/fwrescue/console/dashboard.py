@@ -5,13 +5,19 @@ Access: ``/login``, ``/static/*`` and ``/metrics`` are public; everything else n
 session cookie (``HttpOnly``, ``SameSite=Strict``). Changing requests (``POST /api/…``) need
 the ``operator`` role and a JSON body (``application/json``: a cross-site form cannot send
 one), are validated here, and answer 400 with ``{"error": "…"}`` changing nothing when bad.
+``/api/accounts`` (list, create) and ``/api/accounts/{name}/delete`` are operator-only.
+``POST /login`` is rate limited per user name and per source address (429 with
+``Retry-After`` once either has too many recent failures; the password is not checked then).
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import math
 import re
+import time
 from importlib import resources
 from typing import Any
 
@@ -19,7 +25,7 @@ from aiohttp import web
 
 from fwrescue.console import records
 from fwrescue.console.app import CONSOLE
-from fwrescue.console.auth import Principal
+from fwrescue.console.auth import AccountError, Principal
 from fwrescue.console.policy import RolloutError
 
 __all__ = ["add_dashboard_routes", "auth_middleware"]
@@ -95,12 +101,26 @@ def add_dashboard_routes(app: web.Application) -> None:
     async def login(request: web.Request) -> web.Response:
         form = await request.post()
         user, password = form.get("username"), form.get("password")
+        auth = request.app[CONSOLE].auth
+        username = user[:64] if isinstance(user, str) else ""
+        source = request.remote or "unknown"
+        now = time.monotonic()
+        wait = auth.limiter.retry_after(username, source, now)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            raise web.HTTPTooManyRequests(
+                headers={"Retry-After": str(seconds)}, content_type="text/html",
+                text=f"<!doctype html><title>Too many failed logins</title><p class=error>"
+                     f"Too many failed logins for {html.escape(username)!s} or from this "
+                     f"address; try again in {seconds} s. <a href=/login>Back</a></p>")
         token = None
         if isinstance(user, str) and isinstance(password, str) and len(user) + len(
                 password) <= _MAX_FORM:
-            token = await request.app[CONSOLE].auth.login(user, password)
+            token = await auth.login(user, password)
         if token is None:
+            auth.limiter.failed(username, source, now)
             raise web.HTTPSeeOther("/login?failed=1")
+        auth.limiter.succeeded(username)
         response = web.HTTPSeeOther("/")
         response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
         raise response
@@ -183,6 +203,37 @@ def add_dashboard_routes(app: web.Application) -> None:
             raise BadRequest(str(e)) from e
         return web.json_response({"id": rollout_id, "action": action})
 
+    def operator(request: web.Request) -> Principal:
+        principal = request[_PRINCIPAL]
+        if not principal.operator:
+            raise web.HTTPForbidden(text=json.dumps({"error": "the operator role is needed "
+                                                     "for this"}),
+                                    content_type="application/json")
+        return principal
+
+    async def accounts(request: web.Request) -> web.Response:
+        operator(request)
+        return web.json_response({"accounts": await request.app[CONSOLE].auth.accounts()})
+
+    async def add_account(request: web.Request) -> web.Response:
+        operator(request)
+        body = await _json_body(request)
+        try:
+            await request.app[CONSOLE].auth.add_account(
+                body.get("username"), body.get("password"), body.get("role"))
+        except AccountError as e:
+            raise BadRequest(str(e)) from e
+        return web.json_response({"username": body["username"], "role": body["role"]})
+
+    async def delete_account(request: web.Request) -> web.Response:
+        principal = operator(request)
+        name = request.match_info["name"]
+        try:
+            await request.app[CONSOLE].auth.delete_account(name, by=principal)
+        except AccountError as e:
+            raise BadRequest(str(e)) from e
+        return web.json_response({"deleted": name})
+
     async def events(request: web.Request) -> web.StreamResponse:
         changes = request.app[CONSOLE].changes
         queue = changes.open()
@@ -226,5 +277,8 @@ def add_dashboard_routes(app: web.Application) -> None:
     r.add_post("/api/policies", upload_policy)
     r.add_post("/api/rollouts", start_rollout)
     r.add_post("/api/rollouts/{id}/{action:pause|resume}", rollout_action)
+    r.add_get("/api/accounts", accounts)
+    r.add_post("/api/accounts", add_account)
+    r.add_post("/api/accounts/{name}/delete", delete_account)
     r.add_get("/api/events", events)
     r.add_get("/metrics", metrics)

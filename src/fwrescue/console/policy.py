@@ -9,7 +9,9 @@ A rollout delivers one board's policy (Redfish Oem ``Fwrescue.SetFleetPolicy``) 
 done (policy version in force, every baseline reached) or failed (a policy-driven update
 ended in ``Exception``: the image did not flash or boot), then to the rest. When failures
 reach ``halt_after`` the rollout halts — nothing more is delivered — until an operator
-resumes it (which allows ``halt_after`` further failures). State lives in the database, so a
+resumes it (which allows ``halt_after`` further failures). A node unreachable before its
+delivery does not hold its stage up; it and nodes discovered later get the newest completed
+policy from :mod:`fwrescue.console.catchup`. State lives in the database, so a
 restarted console carries on where it stopped.
 """
 
@@ -24,10 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
+from fwrescue.console.catchup import PolicyCatchUp, deliver_policy
 from fwrescue.console.db import Database
-from fwrescue.console.inventory import SET_POLICY_URI, Inventory, InventoryError
+from fwrescue.console.inventory import Inventory
 from fwrescue.protocol.policy import version_key
 from fwrescue.trust.keys import TrustStore
 from fwrescue.trust.policy import FleetPolicy, PolicyError, parse_policy, verify_policy
@@ -37,6 +38,7 @@ __all__ = ["PolicyDesk", "RolloutError"]
 log = logging.getLogger(__name__)
 
 ACTIVE = ("running", "paused", "halted")
+UNREACHABLE_DETAIL = "unreachable during its stage: catch-up delivers the policy when it is back"
 
 
 class RolloutError(ValueError):
@@ -45,13 +47,15 @@ class RolloutError(ValueError):
 
 class PolicyDesk:
     def __init__(self, db: Database, trust: TrustStore, inventory: Inventory, *,
-                 on_change: Callable[[], None] | None = None, tick_s: float = 0.5) -> None:
+                 on_change: Callable[[], None] | None = None, tick_s: float = 0.5,
+                 catch_up_retry_s: float = 5.0) -> None:
         self._db = db
         self._trust = trust
         self._inventory = inventory
         self._on_change = on_change or (lambda: None)
         self._tick_s = tick_s
         self._task: asyncio.Task[None] | None = None
+        self.catch_up = PolicyCatchUp(db, inventory, retry_s=catch_up_retry_s)
 
     # --- documents ----------------------------------------------------------------------------
 
@@ -170,12 +174,15 @@ class PolicyDesk:
             await asyncio.sleep(self._tick_s)
 
     async def tick(self) -> None:
-        """Advance every running rollout one step (deliver, observe, halt, next stage)."""
+        """Advance every running rollout one step (deliver, observe, halt, next stage), then
+        catch up nodes that missed a completed one (:mod:`fwrescue.console.catchup`)."""
         running = await self._db.read(lambda c: [dict(r) for r in c.execute(
             "SELECT r.*, p.document FROM rollouts r JOIN policies p USING (board, version) "
             "WHERE r.state = 'running' ORDER BY r.id")])
         for rollout in running:
             await self._advance(rollout)
+        if await self.catch_up.tick():
+            self._on_change()
 
     async def _advance(self, rollout: dict[str, Any]) -> None:
         rid, board = rollout["id"], rollout["board"]
@@ -209,23 +216,10 @@ class PolicyDesk:
         self._on_change()
 
     async def _deliver(self, rid: int, d: dict[str, Any], policy: FleetPolicy) -> None:
-        session = self._inventory.sessions.get(d["url"])
-        if session is None:
-            return  # unreachable now: stays pending, tried again next tick
-        try:
-            status, reply = await session.post_json(
-                SET_POLICY_URI, {"Policy": policy.raw.decode("utf-8")})
-        except (aiohttp.ClientError, OSError, TimeoutError, InventoryError) as e:
-            log.info("delivery of %s v%d to %s failed: %s", policy.board, policy.version,
-                     d["node_id"], e)
-            return
-        reason, detail = _refusal(reply)
-        if status == 200 or (status == 400 and reason == "not-newer"):
-            state, detail = "delivered", None
-        elif status == 400:
-            state = "refused"
-        else:
-            return  # the agent is busy or restarting: try again
+        outcome = await deliver_policy(self._inventory, d["url"], d["node_id"], policy)
+        if outcome is None:
+            return  # unreachable, busy or restarting: stays pending, tried again next tick
+        state, detail = outcome
         await self._db.write(lambda c: c.execute(
             "UPDATE deliveries SET state = ?, detail = ?, delivered_at = ?, updated_at = ? "
             "WHERE rollout_id = ? AND node_id = ?",
@@ -264,8 +258,9 @@ class PolicyDesk:
     @staticmethod
     def _conclude(conn: sqlite3.Connection, rollout: dict[str, Any]) -> None:
         rid = rollout["id"]
-        rows = conn.execute("SELECT stage, state FROM deliveries WHERE rollout_id = ?",
-                            (rid,)).fetchall()
+        rows = conn.execute(
+            "SELECT d.node_id, d.stage, d.state, n.reachable FROM deliveries d "
+            "JOIN nodes n ON n.id = d.node_id WHERE d.rollout_id = ?", (rid,)).fetchall()
         failures = sum(r["state"] == "failed" for r in rows)
         now = time.time()
         if failures >= rollout["failures_allowed"]:
@@ -275,28 +270,17 @@ class PolicyDesk:
                           f"{rollout['failures_allowed']}", now, rid))
             return
         stage = rollout["stage"]
-        open_ = [r for r in rows if r["stage"] <= stage and r["state"] in ("pending",
-                                                                          "delivered")]
+        # a node unreachable before it got the policy does not hold the stage up: the
+        # catch-up (PolicyCatchUp) delivers the completed policy when it is back
+        open_ = [r for r in rows if r["stage"] <= stage and (
+            r["state"] == "delivered" or (r["state"] == "pending" and r["reachable"]))]
         if rows and not open_:
+            conn.execute("UPDATE deliveries SET detail = ?, updated_at = ? WHERE rollout_id "
+                         "= ? AND stage <= ? AND state = 'pending'",
+                         (UNREACHABLE_DETAIL, now, rid, stage))
             if stage == 1 and any(r["stage"] == 2 for r in rows):
                 conn.execute("UPDATE rollouts SET stage = 2, updated_at = ? WHERE id = ?",
                              (now, rid))
             else:
                 conn.execute("UPDATE rollouts SET state = 'completed', updated_at = ? "
                              "WHERE id = ? AND state = 'running'", (now, rid))
-
-
-def _refusal(reply: dict[str, Any]) -> tuple[str | None, str | None]:
-    """The agent's stable refusal code and message from a Redfish error body."""
-    error = reply.get("error")
-    if not isinstance(error, dict):
-        return None, None
-    infos = error.get("@Message.ExtendedInfo")
-    reason = None
-    if isinstance(infos, list) and infos and isinstance(infos[0], dict):
-        oem = infos[0].get("Oem", {})
-        fw = oem.get("Fwrescue", {}) if isinstance(oem, dict) else {}
-        reason = fw.get("Reason") if isinstance(fw, dict) else None
-    message = error.get("message")
-    return (reason if isinstance(reason, str) else None,
-            message[:300] if isinstance(message, str) else None)

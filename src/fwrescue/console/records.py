@@ -158,7 +158,8 @@ def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
 
 
 def fleet(conn: sqlite3.Connection) -> dict[str, Any]:
-    """The overview: nodes with their targets and any running operation, and counts."""
+    """The overview: nodes with their targets, any running operation (``healing``) and the
+    latest finished one (``last_operation``: kind, state, donor), and counts."""
     nodes = _dicts(conn.execute(
         "SELECT id, url, board, power, health, reachable, last_error, last_seen, "
         "policy_version FROM nodes ORDER BY id"))
@@ -166,8 +167,17 @@ def fleet(conn: sqlite3.Connection) -> dict[str, Any]:
     running = _dicts(conn.execute(
         "SELECT node_id, op_id, kind, target, percent, message, donor FROM operations "
         "WHERE state = 'Running' ORDER BY first_seen"))
-    by_node: dict[str, dict[str, Any]] = {n["id"]: {**n, "targets": [], "healing": None}
+    finished = _dicts(conn.execute(
+        "SELECT o.node_id, o.op_id, o.kind, o.target, o.state, o.donor, o.donor_kind, "
+        "o.ended_at FROM operations o WHERE o.state != 'Running' AND o.first_seen = ("
+        "SELECT MAX(p.first_seen) FROM operations p WHERE p.node_id = o.node_id AND "
+        "p.state != 'Running')"))
+    by_node: dict[str, dict[str, Any]] = {n["id"]: {**n, "targets": [], "healing": None,
+                                                    "last_operation": None}
                                           for n in nodes}
+    for op in finished:
+        if op["node_id"] in by_node:
+            by_node[op["node_id"]]["last_operation"] = op
     for t in targets:
         if t["node_id"] in by_node:
             by_node[t["node_id"]]["targets"].append(t)

@@ -128,6 +128,9 @@ async def _run_fleet(plan: FleetPlan, options: DemoOptions) -> dict[str, Any]:
     rows = {n.node_id: NodeRow(n.node_id, n.board, n.corrupted, n.release.version)
             for n in plan.nodes}
     agents: dict[str, Agent] = {}
+    # printed before the fleet starts, so a browser can watch it heal (printed again at the end)
+    print(f"console dashboard (live): {console_info['url']} (user admin, password "
+          f"{password})", flush=True)
     display = FleetDisplay(rows, live=options.live)
     started = time.monotonic()
     try:

@@ -1,4 +1,5 @@
-// fwrescue console dashboard: plain JS, no build step. Views: #/ fleet, #/node/ID, #/policy.
+// fwrescue console dashboard: plain JS, no build step. Views: #/ fleet, #/node/ID, #/policy,
+// #/accounts (operators).
 "use strict";
 const view = document.getElementById("view");
 let me = { role: "readonly" };
@@ -37,16 +38,24 @@ async function fleetView() {
       ([k, n]) => el("tr", {}, el("td", {}, k), el("td", {}, String(n))))));
   }
   const healing = data.nodes.filter(n => n.healing);
+  const recovered = data.nodes.filter(n => n.last_operation && n.last_operation.kind === "recovery");
+  const lastOp = op => op ? `${op.kind} ${op.state}` + (op.donor ? ` via ${op.donor} (${op.donor_kind})` : "") : "";
   const rows = data.nodes.map(n => el("tr", { class: "state-" + n.state, "data-node": n.id },
     el("td", {}, el("a", { href: "#/node/" + encodeURIComponent(n.id) }, n.id)),
     el("td", {}, n.board || "?"), el("td", { class: "state" }, n.state),
     el("td", {}, n.targets.map(t => `${t.name} ${t.version} (sv ${t.security_version}, floor ${t.floor})`).join("; ")),
     el("td", {}, n.healing ? el("span", {}, bar(n.healing.percent), ` ${n.healing.percent}% ${n.healing.message || ""}`) :
-      (n.reachable ? "" : (n.last_error || "unreachable")))));
+      (n.reachable ? "" : (n.last_error || "unreachable"))),
+    el("td", { class: "last-op" }, lastOp(n.last_operation))));
   view.replaceChildren(el("h2", {}, "Fleet"), counts,
     el("h3", {}, `Healing now (${healing.length})`),
     el("ul", { id: "healing" }, ...healing.map(n => el("li", {}, `${n.id}: ${n.healing.kind} ${n.healing.percent}% — ${n.healing.message || ""}`))),
-    table(["node", "board", "state", "firmware", "activity"], rows, "nodes"));
+    el("h3", {}, `Recovered (${recovered.length})`),
+    el("ul", { id: "recovered" }, ...recovered.map(n => el("li", { "data-node": n.id },
+      el("a", { href: "#/node/" + encodeURIComponent(n.id) }, n.id), ` ${n.last_operation.target || ""} ` +
+      (n.last_operation.state === "Completed" ? `recovered from ${n.last_operation.donor || "?"} (${n.last_operation.donor_kind || "?"})` :
+        `recovery ${n.last_operation.state}`) + (n.last_operation.ended_at ? ` at ${n.last_operation.ended_at}` : "") + " — transcript"))),
+    table(["node", "board", "state", "firmware", "activity", "last operation"], rows, "nodes"));
 }
 
 function describe(e) {
@@ -144,6 +153,36 @@ function policyForms() {
     el("div", { id: "policy-tables" }));
 }
 
+async function accountsView() {
+  if (me.role !== "operator") { view.replaceChildren(el("h2", {}, "Accounts"), el("p", {}, "The operator role is needed to manage accounts.")); return; }
+  const data = await api("/api/accounts");
+  if (!document.getElementById("accounts-table")) {
+    const msg = el("p", { id: "account-message" });
+    const form = el("form", { id: "account-form", onsubmit: async ev => {
+      ev.preventDefault();
+      const f = ev.target;
+      try {
+        const r = await api("/api/accounts", { username: f.username.value, password: f.password.value, role: f.role.value });
+        msg.textContent = `account ${r.username} (${r.role}) created`; msg.className = "ok"; f.reset();
+      } catch (e) { msg.textContent = e.message; msg.className = "error"; }
+      render();
+    } }, el("fieldset", {}, el("legend", {}, "New console account"),
+        el("label", {}, "name ", el("input", { name: "username", id: "account-name", maxlength: "32" })),
+        el("label", {}, " password ", el("input", { name: "password", id: "account-password", type: "password", autocomplete: "new-password" })),
+        el("label", {}, " role ", el("select", { name: "role", id: "account-role" }, el("option", { value: "readonly" }, "readonly"), el("option", { value: "operator" }, "operator"))),
+        el("button", { type: "submit", id: "create-account" }, "Create")));
+    view.replaceChildren(el("h2", {}, "Accounts"), msg, form, el("div", { id: "accounts-table" }));
+  }
+  const msg = document.getElementById("account-message");
+  document.getElementById("accounts-table").replaceChildren(table(["account", "role", ""], data.accounts.map(a =>
+    el("tr", { "data-account": a.username }, el("td", {}, a.username), el("td", {}, a.role),
+      el("td", {}, a.username === me.username ? "(you)" : el("button", { onclick: async () => {
+        try { await api(`/api/accounts/${encodeURIComponent(a.username)}/delete`, {}); msg.textContent = `account ${a.username} deleted`; msg.className = "ok"; }
+        catch (e) { msg.textContent = e.message; msg.className = "error"; }
+        render();
+      } }, "Delete")))), "accounts"));
+}
+
 async function act(id, action) {
   try { await api(`/api/rollouts/${id}/${action}`, {}); } catch (e) { alert(e.message); }
   render();
@@ -157,6 +196,7 @@ async function render() {
     const hash = location.hash || "#/";
     if (hash.startsWith("#/node/")) await nodeView(decodeURIComponent(hash.slice(7)));
     else if (hash === "#/policy") await policyView();
+    else if (hash === "#/accounts") await accountsView();
     else await fleetView();
   } catch (e) { console.error(e); }
   rendering = false;
