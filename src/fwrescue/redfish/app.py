@@ -24,6 +24,7 @@ from fwrescue.redfish.backend import OperationEvent, RedfishBackend
 from fwrescue.redfish.events import EventHub, Poster
 from fwrescue.redfish.http import SERVICE, Service, make_middlewares
 from fwrescue.redfish.messages import Registries
+from fwrescue.redfish.methods import TokenMethodAppRunner
 from fwrescue.redfish.routes_auth import add_auth_routes
 from fwrescue.redfish.routes_core import add_core_routes
 from fwrescue.redfish.routes_events import add_event_routes
@@ -139,7 +140,7 @@ async def start_redfish_server(
     if tls:
         cert, key = ensure_certificate(state_dir, host)
         ssl_ctx = server_ssl_context(cert, key)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    runner = TokenMethodAppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx)
     await site.start()

@@ -51,8 +51,8 @@ RESET_TYPES: tuple[ResetType, ...] = (
 
 OperationKind = Literal["update", "recovery"]
 OPERATION_KINDS: tuple[OperationKind, ...] = ("update", "recovery")
-OperationState = Literal["Running", "Completed", "Exception"]
-OPERATION_STATES: tuple[OperationState, ...] = ("Running", "Completed", "Exception")
+OperationState = Literal["Running", "Completed", "Exception", "Cancelled"]
+OPERATION_STATES: tuple[OperationState, ...] = ("Running", "Completed", "Exception", "Cancelled")
 HEALTH_VALUES = ("OK", "Warning", "Critical")
 TARGET_STATES = ("Enabled", "UnavailableOffline", "Updating")
 
