@@ -26,6 +26,7 @@ from fwrescue.redfish.http import SERVICE, Service, make_middlewares
 from fwrescue.redfish.messages import Registries
 from fwrescue.redfish.methods import TokenMethodAppRunner
 from fwrescue.redfish.routes_auth import add_auth_routes
+from fwrescue.redfish.routes_cancel import add_cancel_routes
 from fwrescue.redfish.routes_core import add_core_routes
 from fwrescue.redfish.routes_events import add_event_routes
 from fwrescue.redfish.routes_update import add_update_routes
@@ -85,6 +86,7 @@ def create_redfish_app(
     add_core_routes(app)
     add_auth_routes(app)
     add_update_routes(app)
+    add_cancel_routes(app)
     add_event_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     return app

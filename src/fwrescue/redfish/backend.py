@@ -172,8 +172,16 @@ class RedfishBackend(Protocol):
         """The host's power state; raises ``HostError`` when it cannot be read."""
         ...
 
-    async def reset(self, kind: ResetType) -> None:
-        """ComputerSystem.Reset; raises ``HostError`` (or a subclass) on failure."""
+    async def reset(self, kind: ResetType) -> str | None:
+        """ComputerSystem.Reset; raises ``HostError`` (or a subclass) on failure. Returns
+        None when done, or the id of an operation started first (a recovery before the
+        host may run), which the service answers 202 with a Task for."""
+        ...
+
+    def cancel_operation(self, op_id: str) -> bool:
+        """Ask operation ``op_id`` to stop at its next safe point (never inside an erase);
+        True when accepted (its Task then ends ``Cancelled``), False when it is not running
+        or is past its last safe point."""
         ...
 
     def targets(self) -> list[TargetInfo]:
