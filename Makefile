@@ -48,3 +48,10 @@ $(VENV)/.installed: pyproject.toml
 
 clean:
 	rm -rf $(VENV) build dist demo-out src/*.egg-info
+
+# Coverage-guided fuzzing (atheris) of every parser of outside input: FUZZ_SECONDS per
+# target (docs/reliability.md); prints executions and crashes per target.
+FUZZ_SECONDS ?= 150
+.PHONY: fuzz
+fuzz: venv
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
