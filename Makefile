@@ -55,3 +55,10 @@ FUZZ_SECONDS ?= 150
 .PHONY: fuzz
 fuzz: venv
 	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
+
+# Soaks with figures (docs/reliability.md): SOAK_CUTS seeded power cuts on a 16 MiB
+# image (single/dual bank, DC-off/DC-on, chip ops and state writes) in parallel workers.
+SOAK_CUTS ?= 10000
+.PHONY: soak
+soak: venv
+	$(BIN)/python -m soak.powercut --cuts $(SOAK_CUTS)
