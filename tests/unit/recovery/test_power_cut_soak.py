@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import pytest
+from soak.powercut import Case, PowerCutSoak, Totals, plan_cases, run_cases
 
 from fwrescue.host.base import FlashMode
-from soak.powercut import Case, PowerCutSoak, Totals, plan_cases, run_cases
 
 SEED = 20261202
 CASES = 32
