@@ -57,8 +57,11 @@ fuzz: venv
 	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
 
 # Soaks with figures (docs/reliability.md): SOAK_CUTS seeded power cuts on a 16 MiB
-# image (single/dual bank, DC-off/DC-on, chip ops and state writes) in parallel workers.
+# image (single/dual bank, DC-off/DC-on, chip ops and state writes) in parallel workers,
+# then SOAK_ROUNDS rounds of real agents recovering while rogue donors answer first.
 SOAK_CUTS ?= 10000
+SOAK_ROUNDS ?= 800
 .PHONY: soak
 soak: venv
 	$(BIN)/python -m soak.powercut --cuts $(SOAK_CUTS)
+	$(BIN)/python -m soak.rogue --rounds $(SOAK_ROUNDS)
