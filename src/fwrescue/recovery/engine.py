@@ -53,7 +53,7 @@ from fwrescue.errors import (
     RecoveryFailed,
     TrustError,
 )
-from fwrescue.flash.device import Flash, StoppableFlash, TwoBankFlash
+from fwrescue.flash.device import Flash, StoppableFlash
 from fwrescue.host.base import BootResult, FlashMode, Host
 from fwrescue.recovery.journal import Journal, JournalRecord, Phase
 from fwrescue.recovery.ports import (
@@ -66,6 +66,7 @@ from fwrescue.recovery.ports import (
     OperationEvent,
     OperationState,
 )
+from fwrescue.recovery.power import PowerGuard
 from fwrescue.trust.manifest import SignedManifest
 from fwrescue.trust.verifier import VerifiedManifest, Verifier, sha256_file
 
@@ -124,7 +125,7 @@ class OperationResult:
     seconds: float = 0.0
 
 
-class RecoveryEngine:
+class RecoveryEngine(PowerGuard):
     """Recovers and updates one target. Constructed by the agent; all parts injected."""
 
     def __init__(
@@ -296,45 +297,6 @@ class RecoveryEngine:
     def new_op_id(kind: str) -> str:
         return f"{kind[:3]}-{secrets.token_hex(4)}"
 
-    async def guarded_power_on(self, *, op_id: str | None = None) -> bool:
-        """Power the host on only onto verified flash; recover first when it does not verify.
-
-        Boot watchdog: a host that does not report boot success within ``boot_timeout``
-        on verified flash ``boot_attempts`` times in a row is powered off; a dual-bank flash
-        then falls back to its previous bank (if that still verifies) and boots it; failing
-        that, the target is recovered. ``op_id`` names the recovery this may run (a Redfish
-        Task promised to the caller); when none is needed, that operation is reported
-        completed at once."""
-        if self._host is None:
-            return False
-        # Under the operation lock: no update or recovery may write the flash between the
-        # integrity check and the power-on (a Redfish Reset racing an update, say), nor
-        # between a failed check and the recovery it calls for.
-        async with self._lock:
-            integrity = await self.check_integrity()
-            if integrity.ok:
-                if await self._boot_with_watchdog():
-                    self._report_without_operation(op_id, "flash verified; the host booted")
-                    return True
-                reason = (f"boot watchdog: no boot success within "
-                          f"{self.settings.boot_timeout:g} s, {self.settings.boot_attempts} times")
-                if await self._boot_previous_bank(reason):
-                    self._report_without_operation(op_id, "fell back to the previous bank; "
-                                                   "the host booted")
-                    return True
-            else:
-                reason = f"integrity check before power-on: {integrity.reason}"
-            result = await self._run_locked("recovery", reason, op_id=op_id)
-        return bool(result.booted)
-
-    async def guarded_power_off(self) -> None:
-        """Power the host off, serialized with operations like :meth:`guarded_power_on`: a
-        power-off never lands between an operation's hold and its boot check."""
-        if self._host is None:
-            return
-        async with self._lock:
-            await self._host.power_off()
-
     @property
     def busy(self) -> bool:
         """True while an operation or a guarded power request holds the operation lock."""
@@ -350,59 +312,6 @@ class RecoveryEngine:
         self._cancel.set()
         self._cancel_async.set()
         return True
-
-    async def _boot_with_watchdog(self) -> bool:
-        assert self._host is not None
-        for _ in range(self.settings.boot_attempts):
-            await self._host.power_on()
-            self.last_boot = await self._host.wait_boot(self.settings.boot_timeout)
-            if self.last_boot.booted:
-                return True
-            await self._host.power_off()
-        return False
-
-    def _previous_bank_image(self) -> VerifiedManifest | None:
-        """The verified manifest of the image in the previous bank of a two-bank flash, if
-        that bank still matches its record and the store holds a manifest for it that
-        passes every check (floor included)."""
-        if not isinstance(self._flash, TwoBankFlash):
-            return None
-        try:
-            digest = self._flash.previous_image_sha256()
-        except FlashError as e:
-            log.warning("%s: previous bank unreadable: %s", self.settings.target, e)
-            return None
-        if digest is None:
-            return None
-        for verified in self._stored_candidates():
-            if verified.manifest.sha256 == digest and verified.manifest.size == self._flash.size:
-                return verified
-        return None
-
-    async def _boot_previous_bank(self, why: str) -> bool:
-        """Fall back to the previous bank and boot it (host off on entry; left off if that
-        fails too). True when the host booted."""
-        previous = await asyncio.to_thread(self._previous_bank_image)
-        if previous is None or not isinstance(self._flash, TwoBankFlash):
-            return False
-        assert self._host is not None
-        await self._host.power_off()
-        await asyncio.to_thread(self._flash.fall_back)
-        self._journal.set_installed(previous.signed.raw)
-        log.warning("%s: %s; fell back to the previous bank (%s)", self.settings.target, why,
-                    previous.manifest.version)
-        self._note("fell back to the previous bank", why=why, version=previous.manifest.version,
-                   sha256=previous.manifest.sha256)
-        return await self._boot_with_watchdog()
-
-    def _report_without_operation(self, op_id: str | None, message: str) -> None:
-        """A caller was promised operation ``op_id`` but none was needed: report it done."""
-        if op_id is None or self._events is None:
-            return
-        self._events(OperationEvent(
-            op_id=op_id, kind="recovery", target=self.settings.target,
-            state=OperationState.COMPLETED, phase=Phase.RECOVERED.value, percent=100,
-            message=message))
 
     def _check_cancel(self, where: str) -> None:
         if self._cancel.is_set():
