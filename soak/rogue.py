@@ -199,6 +199,14 @@ class RogueSoak:
             return original(offset, image, progress)
 
         setattr(flash, "write", write)  # noqa: B010 - an instance override, on purpose
+        if hasattr(flash, "write_until"):  # the engine's cancellable write (StoppableFlash)
+            until: Callable[..., WriteReport] = flash.write_until
+
+            def write_until(offset: int, image: Path, progress: Any, stop: Any) -> WriteReport:
+                written.append(sha256_file(image))
+                return until(offset, image, progress, stop)
+
+            setattr(flash, "write_until", write_until)  # noqa: B010
         return written
 
     async def _round(self, agent: Agent, spec: NodeSpec, written: list[str]) -> dict[str, Any]:
@@ -213,13 +221,14 @@ class RogueSoak:
                          if e["event"] == "OfferReceived" and "offer" in e)
         acked = Counter(e["offer"]["donor_id"] for e in transcript
                         if e["event"] == "DonorAcked" and "offer" in e)
-        bad = [d for d in written[start:] if d != self.genuine.signed.manifest.sha256]
+        mine = written[start:]
+        bad = [d for d in mine if d != self.genuine.signed.manifest.sha256]
         return {
             "seconds": seconds, "ok": bool(result.ok),
             "honest": result.donor_id == self.honest_spec.node_id,
             "flash_ok": hashlib.sha256(spec.flash_path.read_bytes()[:len(image)]).digest()
             == hashlib.sha256(image).digest(),
-            "bad_flashes": len(bad), "reason": result.reason,
+            "bad_flashes": len(bad), "writes": len(mine), "reason": result.reason,
             "rogue_offers": sum(n for d, n in offers.items() if d.startswith("rogue-")),
             "rogue_transfers": sum(n for d, n in acked.items() if d.startswith("rogue-")),
         }
@@ -273,7 +282,8 @@ def summarize(out: dict[str, Any], seconds: float) -> tuple[list[str], bool]:
     delays = sorted(max(0.0, r["seconds"] - baseline) for r in records)
     offers = sum(r["rogue_offers"] for r in records)
     transfers = sum(r["rogue_transfers"] for r in records)
-    failed = [r for r in records if not (r["ok"] and r["honest"] and r["flash_ok"])]
+    failed = [r for r in records
+              if not (r["ok"] and r["honest"] and r["flash_ok"] and r["writes"] >= 1)]
     bad = sum(r["bad_flashes"] for r in records)
     slow = [max(0.0, r["seconds"] - baseline) for r in records if r["slow"]]
     lines = [

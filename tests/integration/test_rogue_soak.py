@@ -19,6 +19,7 @@ async def test_rogues_never_cause_a_bad_flash_and_the_honest_donor_always_serves
     assert len(records) == 6
     assert all(r["ok"] and r["honest"] and r["flash_ok"] for r in records), records
     assert sum(r["bad_flashes"] for r in records) == 0
+    assert all(r["writes"] == 1 for r in records), records  # the watch sees the writes
     # the rogues were really tried (each is declined or dropped after its first attempt)
     assert all(r["rogue_transfers"] >= 5 for r in records), records
     lines, failed = summarize(out, 1.0)
