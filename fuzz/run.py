@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{o.target:<10} {o.execs:>12,} {rate:>9,.0f} {len(o.crashes):>8}")
         for c in o.crashes:
             print(f"           crash input: {c}")
-        if o.crashes or o.execs == 0 or (o.exit_code != 0 and not o.crashes):
-            failed = failed or bool(o.crashes) or o.execs == 0
+        if o.exit_code != 0 and not o.crashes:
+            print(f"           exited {o.exit_code} without a crash input: see {o.target}.log")
+        failed = failed or bool(o.crashes) or o.execs == 0 or o.exit_code != 0
     total = sum(o.execs for o in outcomes)
     print(f"{'total':<10} {total:>12,} {'':>9} {sum(len(o.crashes) for o in outcomes):>8}")
     return 1 if failed else 0
