@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -32,7 +33,9 @@ from fwrescue.redfish.messages import RequestError
 
 __all__ = ["ALLOWED", "TARGETS", "run_one"]
 
-_SCRATCH = Path(tempfile.mkdtemp(prefix="fwrescue-fuzz-"))
+# file inputs go through a memory-backed folder where there is one (a write per input)
+_SCRATCH = Path(tempfile.mkdtemp(prefix="fwrescue-fuzz-", dir="/dev/shm" if os.path.isdir(
+    "/dev/shm") and os.access("/dev/shm", os.W_OK) else None))
 atexit.register(shutil.rmtree, _SCRATCH, True)
 _NOW = 1_700_000_000.0
 
