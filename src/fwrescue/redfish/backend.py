@@ -26,6 +26,7 @@ __all__ = [
     "RESET_TYPES",
     "TARGET_STATES",
     "ApplyTime",
+    "CancellableBackend",
     "ImageInfo",
     "OperationEvent",
     "OperationKind",
@@ -178,12 +179,6 @@ class RedfishBackend(Protocol):
         host may run), which the service answers 202 with a Task for."""
         ...
 
-    def cancel_operation(self, op_id: str) -> bool:
-        """Ask operation ``op_id`` to stop at its next safe point (never inside an erase);
-        True when accepted (its Task then ends ``Cancelled``), False when it is not running
-        or is past its last safe point."""
-        ...
-
     def targets(self) -> list[TargetInfo]:
         """Installed firmware per target, for FirmwareInventory."""
         ...
@@ -207,4 +202,15 @@ class RedfishBackend(Protocol):
     def subscribe(self, callback: Callable[[OperationEvent], None]) -> Unsubscribe:
         """Deliver every operation event (updates and automatic recoveries) to ``callback``,
         on the event loop thread; return a function that stops the delivery."""
+        ...
+
+
+@runtime_checkable
+class CancellableBackend(Protocol):
+    """A backend whose operations can be cancelled (``DELETE`` on a Task); optional."""
+
+    def cancel_operation(self, op_id: str) -> bool:
+        """Ask operation ``op_id`` to stop at its next safe point (never inside an erase);
+        True when accepted (its Task then ends ``Cancelled``), False when it is not running
+        or is past its last safe point."""
         ...
