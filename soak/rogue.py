@@ -21,9 +21,10 @@ rogue                     lie
 ========================  ===========================================================
 
 Each round corrupts every recipient's flash, removes its stored copy, and runs a recovery
-(recipients in parallel). A round passes when the recovery succeeded from the honest
-donor, the only image ever handed to the flash is the genuine one, and the flash holds it.
-Before the rogues start, ``--baseline`` rounds with the honest donor alone give the
+(recipients in parallel). A round passes when the recovery succeeded from an honest
+donor (the peer, or a recipient that recovered earlier and donates), the only image ever
+handed to the flash is the genuine one, and the flash holds it. Before the rogues start,
+``--baseline`` rounds with the honest agents alone give the
 undisturbed recovery time; each round's delay is its time minus that median. At the end:
 rogue offers and transfers received, bad flashes, failed rounds, delay median and worst.
 """
@@ -225,10 +226,12 @@ class RogueSoak:
         bad = [d for d in mine if d != self.genuine.signed.manifest.sha256]
         return {
             "seconds": seconds, "ok": bool(result.ok),
-            "honest": result.donor_id == self.honest_spec.node_id,
+            # every agent is honest: the peer, and recipients that recovered and donate
+            "honest": result.donor_id is not None and not result.donor_id.startswith("rogue-"),
             "flash_ok": hashlib.sha256(spec.flash_path.read_bytes()[:len(image)]).digest()
             == hashlib.sha256(image).digest(),
             "bad_flashes": len(bad), "writes": len(mine), "reason": result.reason,
+            "donor": result.donor_id, "origin": result.origin,
             "rogue_offers": sum(n for d, n in offers.items() if d.startswith("rogue-")),
             "rogue_transfers": sum(n for d, n in acked.items() if d.startswith("rogue-")),
         }
@@ -293,8 +296,8 @@ def summarize(out: dict[str, Any], seconds: float) -> tuple[list[str], bool]:
         f"  rogue transfers tried:    {transfers:,}",
         f"  offers + transfers:       {offers + transfers:,}",
         f"  bad flashes:              {bad}",
-        f"  recoveries not finished from the honest donor: {len(failed)}",
-        f"  baseline recovery (honest donor alone): median {baseline:.2f} s over "
+        f"  recoveries not finished from an honest donor: {len(failed)}",
+        f"  baseline recovery (honest agents alone): median {baseline:.2f} s over "
         f"{len(base)} runs",
         f"  delay caused by rogues:   median {statistics.median(delays) if delays else 0:.2f}"
         f" s, worst {delays[-1] if delays else 0:.2f} s",
@@ -303,7 +306,8 @@ def summarize(out: dict[str, Any], seconds: float) -> tuple[list[str], bool]:
         lines.append(f"  rounds with the slow rogue: {len(slow)}, delay median "
                      f"{statistics.median(slow):.2f} s, worst {max(slow):.2f} s")
     for r in failed[:10]:
-        lines.append(f"    failed: {r['reason']}")
+        lines.append(f"    failed: ok={r['ok']} from={r['donor']} ({r['origin']}) "
+                     f"flash_ok={r['flash_ok']} writes={r['writes']}: {r['reason'][:160]}")
     return lines, bool(failed) or bad > 0
 
 

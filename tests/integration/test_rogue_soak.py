@@ -11,7 +11,7 @@ from soak.rogue import RogueSoak, summarize
 pytestmark = pytest.mark.slow
 
 
-async def test_rogues_never_cause_a_bad_flash_and_the_honest_donor_always_serves(
+async def test_rogues_never_cause_a_bad_flash_and_an_honest_donor_always_serves(
         tmp_path: Path) -> None:
     soak = RogueSoak(tmp_path, recipients=2, seed=7)
     out = await soak.run(rounds=3, baseline=1, slow_every=3)  # round 0 includes the slow rogue
