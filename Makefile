@@ -20,7 +20,7 @@ test: sysdeps venv lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench soak fuzz
 
 typecheck: venv
 	$(BIN)/mypy
@@ -52,3 +52,20 @@ $(VENV)/.installed: pyproject.toml
 
 clean:
 	rm -rf $(VENV) build dist demo-out src/*.egg-info
+
+# Coverage-guided fuzzing (atheris) of every parser of outside input: FUZZ_SECONDS per
+# target (docs/reliability.md); prints executions and crashes per target.
+FUZZ_SECONDS ?= 150
+.PHONY: fuzz
+fuzz: venv
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
+
+# Soaks with figures (docs/reliability.md): SOAK_CUTS seeded power cuts on a 16 MiB
+# image (single/dual bank, DC-off/DC-on, chip ops and state writes) in parallel workers,
+# then SOAK_ROUNDS rounds of real agents recovering while rogue donors answer first.
+SOAK_CUTS ?= 10000
+SOAK_ROUNDS ?= 800
+.PHONY: soak
+soak: venv
+	$(BIN)/python -m soak.powercut --cuts $(SOAK_CUTS)
+	$(BIN)/python -m soak.rogue --rounds $(SOAK_ROUNDS)

@@ -15,7 +15,7 @@ import enum
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,13 +148,16 @@ class AgentBackend:
             return PowerState.OFF
         return await runtime.host.power_state()  # type: ignore[no-any-return]
 
-    async def reset(self, kind: ResetType) -> None:
+    async def reset(self, kind: ResetType) -> str | None:
+        """Power the host (the engine serializes every power request with operations). To
+        On onto flash that does not verify: the recovery starts in the background and its
+        operation id is returned at once (a Task), instead of holding the request."""
         runtime = self._bios()
         if runtime is None:
             raise HostError("this agent manages no host")
-        host, engine = runtime.host, runtime.engine
+        engine = runtime.engine
         if kind in ("ForceOff", "GracefulShutdown", "ForceRestart", "PowerCycle"):
-            await host.power_off()
+            await engine.guarded_power_off()
         if kind in ("On", "ForceRestart", "PowerCycle"):
             digest = self._pending.pop(runtime.config.name, None)
             if digest is not None:  # OnReset apply time: install before running the host
@@ -164,9 +167,23 @@ class AgentBackend:
                 if not result.ok:  # the Task shows why; the reset must not look successful
                     raise HostError("the update staged for this reset failed; the host is "
                                     "held", op_id=result.op_id, reason=result.reason)
-                return
+                return None
+            if not (await engine.check_integrity()).ok:
+                op_id: str = engine.new_op_id("recovery")
+                self._spawn(engine.guarded_power_on(op_id=op_id))
+                return op_id
             if not await engine.guarded_power_on():
                 raise HostError("the host did not boot")
+        return None
+
+    def cancel_operation(self, op_id: str) -> bool:
+        return any(runtime.engine.cancel(op_id) for runtime in self._agent.targets.values())
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` in the background; :meth:`close` cancels and awaits it."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # --- inventory ---------------------------------------------------------------------------
 

@@ -638,6 +638,8 @@ def load_config(path: Path) -> AgentConfig:
             data = tomllib.load(f)
     except OSError as e:
         raise ConfigError("cannot read config file", path=str(path), detail=str(e)) from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("config file is not valid TOML", path=str(path), detail=str(e)) from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
+        # tomllib decodes the whole file as UTF-8 and nests arrays by recursion
+        raise ConfigError("config file is not valid TOML", path=str(path),
+                          detail=str(e)[:200]) from e
     return parse_config(data, path.parent.resolve())

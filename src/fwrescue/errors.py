@@ -33,6 +33,7 @@ __all__ = [
     "CompatibilityError",
     "ConfigError",
     "DonorUnavailable",
+    "FlashCancelled",
     "FlashError",
     "FlashPowerLoss",
     "FlashVerifyError",
@@ -43,6 +44,7 @@ __all__ = [
     "LocalError",
     "LocalProtocolError",
     "ManifestError",
+    "OperationCancelled",
     "PackageError",
     "RecoveryFailed",
     "RemoteError",
@@ -217,3 +219,20 @@ class RecoveryFailed(FwRescueError):
     """Recovery gave up after every source and donor; the host stays held."""
 
     message_id = "Update.1.3.ApplyFailed"
+
+
+# --- cancellation --------------------------------------------------------------------------
+
+
+class OperationCancelled(FwRescueError):
+    """An operator cancelled the operation at a safe point; the host stays held."""
+
+    http_status = 409
+    message_id = "TaskEvent.1.0.TaskCancelled"
+
+
+class FlashCancelled(OperationCancelled):
+    """A flash write stopped at an erase-block boundary because it was cancelled.
+
+    ``fields['written']`` is how many image bytes were complete, ``fields['offset']`` the
+    region offset where the next block would have started. The region is incomplete."""

@@ -50,6 +50,7 @@ class FakeBackend:
         self.step_delay = step_delay
         self.power = PowerState.ON
         self.resets: list[str] = []
+        self.cancelled: list[str] = []
         self.received: list[tuple[bytes, list[str] | None, bool, str]] = []
         self.gate: asyncio.Event | None = None  # when set by a test, updates wait on it
         self._targets: dict[str, TargetInfo] = {
@@ -87,9 +88,14 @@ class FakeBackend:
     async def power_state(self) -> PowerState:
         return self.power
 
-    async def reset(self, kind: ResetType) -> None:
+    async def reset(self, kind: ResetType) -> str | None:
         self.resets.append(kind)
         self.power = PowerState.OFF if kind in ("ForceOff", "GracefulShutdown") else PowerState.ON
+        return None
+
+    def cancel_operation(self, op_id: str) -> bool:
+        self.cancelled.append(op_id)
+        return False
 
     def targets(self) -> list[TargetInfo]:
         return list(self._targets.values())

@@ -113,6 +113,14 @@ def _count_writes(agent: Agent) -> list[str]:
         return original(offset, image, progress)
 
     setattr(flash, "write", write)  # noqa: B010 - an instance override, on purpose
+    if hasattr(flash, "write_until"):  # the engine's cancellable write (StoppableFlash)
+        until: Callable[..., WriteReport] = flash.write_until
+
+        def write_until(offset: int, image: Path, progress: Any, stop: Any) -> WriteReport:
+            written.append(sha256_file(image))
+            return until(offset, image, progress, stop)
+
+        setattr(flash, "write_until", write_until)  # noqa: B010
     return written
 
 

@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Flash", "FlashChip", "FlashGeometry", "Progress", "WriteReport"]
+__all__ = ["Flash", "FlashChip", "FlashGeometry", "Progress", "StopCheck", "StoppableFlash",
+           "TwoBankFlash", "WriteReport"]
 
 #: progress(done_bytes, total_bytes)
 Progress = Callable[[int, int], None]
+#: stop() -> True when a write must stop at the next erase-block boundary
+StopCheck = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -97,4 +100,30 @@ class Flash(Protocol):
     def write(self, offset: int, image: Path, progress: Progress | None = None) -> WriteReport:
         """Write the file ``image`` at ``offset``, erasing/programming only what differs,
         then read back and compare. Raise FlashVerifyError on mismatch, FlashError otherwise."""
+        ...
+
+
+@runtime_checkable
+class StoppableFlash(Flash, Protocol):
+    """A :class:`Flash` whose write can stop between erase blocks (never inside one)."""
+
+    def write_until(self, offset: int, image: Path, progress: Progress | None,
+                    stop: StopCheck) -> WriteReport:
+        """Like :meth:`Flash.write`; before each erase-block window asks ``stop()`` and, if
+        it answers True, raises :class:`fwrescue.errors.FlashCancelled` (with the bytes
+        written and the offset reached) — the region is then incomplete."""
+        ...
+
+
+@runtime_checkable
+class TwoBankFlash(Flash, Protocol):
+    """A :class:`Flash` that keeps the previously active image and can switch back to it
+    (:class:`fwrescue.flash.layout.BankedFlash`)."""
+
+    def previous_image_sha256(self) -> str | None:
+        """Hex digest of the previous bank's image if that bank still holds it, else None."""
+        ...
+
+    def fall_back(self) -> None:
+        """Make the previous bank active; FlashVerifyError (nothing changed) if it cannot."""
         ...

@@ -31,7 +31,7 @@ from typing import BinaryIO
 
 from fwrescue.errors import ConfigError, FlashError, FlashVerifyError
 from fwrescue.flash._bounds import FlashAddressError, check_span
-from fwrescue.flash.device import FlashChip, Progress, WriteReport
+from fwrescue.flash.device import FlashChip, Progress, StopCheck, WriteReport
 from fwrescue.flash.timing import W25Q_JV, ChipTiming
 from fwrescue.flash.writer import EraseAwareFlash, read_region_to
 
@@ -283,6 +283,12 @@ class BankedFlash:
 
     def write(self, offset: int, image: Path, progress: Progress | None = None) -> WriteReport:
         """Write the inactive bank, verify it, then switch to it (class doc)."""
+        return self.write_until(offset, image, progress, None)
+
+    def write_until(self, offset: int, image: Path, progress: Progress | None,
+                    stop: StopCheck | None) -> WriteReport:
+        """:meth:`write` asking ``stop()`` before each window of the bank write; a stop
+        leaves the marker (and so the active bank) untouched."""
         if offset != 0:
             raise FlashAddressError("a bank is written whole, from offset 0", offset=offset)
         cur = self.state
@@ -301,10 +307,42 @@ class BankedFlash:
                 h.update(chunk)
             f.seek(0)
             report = self._writers[target].write_from(
-                0, _PaddedReader(f, length, self.size), self.size, progress
+                0, _PaddedReader(f, length, self.size), self.size, progress, stop=stop
             )
         self._switch(BankState(target, cur.seq + 1, length, h.digest()))
         return report
+
+    def previous_image_sha256(self) -> str | None:
+        """Hex SHA-256 of the image the *previously* active bank holds, when its marker
+        record is intact, names the other bank, and that bank still matches it (hashed
+        now); None otherwise. What :meth:`fall_back` would make active."""
+        prev = self._previous_state()
+        if prev is None:
+            return None
+        got = self.bank(prev.active).sha256(0, prev.image_length)
+        return got.hex() if got == prev.image_sha256 else None
+
+    def fall_back(self) -> None:
+        """Make the previously active bank active again (a new marker record; the banks are
+        not written). FlashVerifyError, with nothing changed, unless
+        :meth:`previous_image_sha256` vouches for that bank. A power cut in the marker write
+        leaves the current bank active (module doc)."""
+        prev = self._previous_state()
+        if prev is None or self.previous_image_sha256() is None:
+            raise FlashVerifyError("the previous bank does not hold its recorded image")
+        cur = self.state
+        self._switch(BankState(prev.active, cur.seq + 1, prev.image_length, prev.image_sha256))
+
+    def _previous_state(self) -> BankState | None:
+        cur = self.state
+        if cur.seq == 0:
+            return None
+        other = decode_marker(self._chip.read(self._slot_offset((cur.seq + 1) % 2),
+                                              MARKER_RECORD_SIZE))
+        if (other is None or other.seq != cur.seq - 1 or other.active == cur.active
+                or not other.image_sha256):
+            return None
+        return other
 
     def _slot_offset(self, slot: int) -> int:
         return self._marker.offset + slot * self._sector

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from fwrescue.errors import ConfigError, FlashError, FlashVerifyError
+from fwrescue.errors import ConfigError, FlashCancelled, FlashError, FlashVerifyError
 from fwrescue.flash._bounds import check_span
-from fwrescue.flash.device import FlashChip, Progress, WriteReport
+from fwrescue.flash.device import FlashChip, Progress, StopCheck, WriteReport
 from fwrescue.flash.timing import W25Q_JV, ChipTiming
 
 __all__ = ["EraseAwareFlash", "ReadableStream", "read_region_to"]
@@ -149,13 +149,18 @@ class EraseAwareFlash:
         Raises FlashAddressError if it does not fit (nothing written), FlashVerifyError
         on a read-back mismatch, FlashError (or subclass) if the chip or file fails.
         """
+        return self.write_until(offset, image, progress, None)
+
+    def write_until(self, offset: int, image: Path, progress: Progress | None,
+                    stop: StopCheck | None) -> WriteReport:
+        """:meth:`write` that asks ``stop()`` before each window (``StoppableFlash``)."""
         try:
             f = open(image, "rb")  # noqa: SIM115 - closed below, errors translated
         except OSError as e:
             raise FlashError("cannot open image", path=str(image)) from e
         with f:
             length = os.fstat(f.fileno()).st_size
-            return self.write_from(offset, f, length, progress)
+            return self.write_from(offset, f, length, progress, stop=stop)
 
     def write_from(
         self,
@@ -163,8 +168,13 @@ class EraseAwareFlash:
         src: ReadableStream | BinaryIO,
         length: int,
         progress: Progress | None = None,
+        *,
+        stop: StopCheck | None = None,
     ) -> WriteReport:
-        """Like :meth:`write`, reading ``length`` bytes from ``src`` (rewound once to verify)."""
+        """Like :meth:`write`, reading ``length`` bytes from ``src`` (rewound once to verify).
+
+        ``stop`` is asked before each window; True raises FlashCancelled there, between
+        erase blocks (a window's erases and programs always complete)."""
         check_span(offset, length, self._size, "region write")
         origin = src.tell()
         start = self._base + offset
@@ -181,6 +191,9 @@ class EraseAwareFlash:
         win = lo - lo % self._window
         while win < hi:
             w_lo, w_hi = max(win, lo), min(win + self._window, hi)
+            if stop is not None and stop():
+                raise FlashCancelled("flash write cancelled at an erase-block boundary",
+                                     written=done, offset=max(start, w_lo) - self._base)
             a, b = max(start, w_lo), min(end, w_hi)
             chunk = _read_exact(src, b - a)
             old = self._chip.read(w_lo, w_hi - w_lo)

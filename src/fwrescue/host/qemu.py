@@ -42,6 +42,7 @@ from fwrescue.host.accel import ACCEL_ARGS, Accel, kvm_device_usable, probe_kvm
 from fwrescue.host.base import BootResult, PowerState
 from fwrescue.host.bootlog import BootPatternScanner, follow_log
 from fwrescue.host.qmp import QmpClient, QmpError
+from fwrescue.host.reaper import die_with_parent
 
 __all__ = [
     "DEFAULT_BOOT_PATTERN",
@@ -412,6 +413,8 @@ class QemuHost:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=err,
+                    # a SIGKILLed agent must not leave its host running (host/reaper.py)
+                    preexec_fn=die_with_parent(),
                 )
         except OSError as e:
             raise QemuNotStarted(

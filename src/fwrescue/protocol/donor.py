@@ -11,7 +11,11 @@ Per SOLICIT (keyed by recipient id and xid) a donor:
   ``suppress_after`` offers for the same (recipient, xid) before its own delay ends stays
   quiet (duplicate-answer suppression, as in mDNS, RFC 6762 §7.4). On a LAN this bounds
   the offers per solicit to about ``suppress_after`` plus those sent within one network
-  delay of each other (see docs/protocol.md);
+  delay of each other (see docs/protocol.md). Suppression yields to a recipient that keeps
+  asking: after staying quiet for ``suppress_rounds`` solicits of one recipient in a row, the
+  donor offers to it whatever it overhears — otherwise a few donors that answer first (rogues
+  serving the genuine digest, which a recipient blames on the donor rather than declining)
+  would silence every honest donor for good;
 * drops its pending offer when it overhears an ACCEPT naming another donor;
 * counts the REPORTs it overhears in a :class:`~fwrescue.protocol.breaker.CircuitBreaker`:
   a digest that ``breaker_threshold`` distinct recipients failed to boot is withheld (no
@@ -36,7 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -150,6 +154,7 @@ class DonorLimits:
     jitter: float = 0.1  # spreads idle donors so suppression can work
     console_extra_delay: float = 0.1  # consoles answer after peers (keeps console egress low)
     suppress_after: int = 3  # stay quiet after overhearing this many offers for one solicit
+    suppress_rounds: int = 2  # … but for at most this many solicits of a recipient in a row
     max_tracked: int = 1024  # solicits remembered at once (bounds memory under a flood)
     state_ttl: float = 60.0  # forget a solicit this long after its last message
     breaker_threshold: int = 3  # distinct boot_failed REPORTs that withhold an image
@@ -168,7 +173,8 @@ class DonorLimits:
             raise ConfigError("lease_s must be in (0, 86400]")
         if not 0.01 <= self.recheck_s <= 60 or self.defer_s > 3600:
             raise ConfigError("recheck_s must be in [0.01, 60] and defer_s at most 3600")
-        for name in ("capacity", "suppress_after", "max_tracked", "breaker_threshold"):
+        for name in ("capacity", "suppress_after", "suppress_rounds", "max_tracked",
+                     "breaker_threshold"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65_535:
                 raise ConfigError("limit must be an integer in [1, 65535]", limit=name)
@@ -207,6 +213,8 @@ class DonorResponder:
         self._rng = rng
         self._active_uploads = 0
         self._solicits: dict[tuple[str, int], _SolicitState] = {}
+        # recipient id -> solicits in a row this donor stayed quiet for (oldest first)
+        self._quiet_for: OrderedDict[str, int] = OrderedDict()
         self._reservations: dict[str, _Reservation] = {}
         self._outbox: list[tuple[Message, Destination]] = []
         self._events: deque[DonorEvent] = deque()
@@ -473,8 +481,13 @@ class DonorResponder:
         st.offer_at = None
         image = self._best_image(st.solicit)
         why = None
-        if st.overheard >= self.limits.suppress_after:
+        rid = st.solicit.recipient_id
+        if (st.overheard >= self.limits.suppress_after
+                and self._quiet_for.get(rid, 0) < self.limits.suppress_rounds):
             why = "suppressed (enough offers overheard)"
+            self._quiet_for[rid] = self._quiet_for.pop(rid, 0) + 1
+            while len(self._quiet_for) > self.limits.max_tracked:
+                self._quiet_for.popitem(last=False)
         elif self.load >= self.limits.capacity:
             why = "at capacity"
         elif self.load + self._offers_out(now) >= self.limits.capacity:
@@ -489,6 +502,7 @@ class DonorResponder:
             return
         st.sm.fire(_I.SEND)
         st.offered_at = now
+        self._quiet_for.pop(rid, None)
         s = st.solicit
         ident = self.identity
         offer = Offer(xid=s.xid, recipient_id=s.recipient_id, donor_id=ident.donor_id,

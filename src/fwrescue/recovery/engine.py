@@ -14,30 +14,46 @@ Safety contract (NIST SP 800-193's "verify before code runs"):
   the signed digest. A failed operation leaves the host held.
 * The anti-rollback floor is raised only after the host booted the new image.
 
-Operations on one target are serialized by a lock.
+Operations on one target are serialized by a lock, power-on and power-off requests
+included (:meth:`RecoveryEngine.guarded_power_on`, :meth:`RecoveryEngine.guarded_power_off`).
+
+Cancellation (:meth:`RecoveryEngine.cancel`) takes effect at a safe point only: while
+locating or transferring (nothing written), before the host is held, or — on a
+:class:`~fwrescue.flash.device.StoppableFlash` — between two erase-block windows of the
+flash write, never inside an erase; the journal then records the offset reached and the
+host stays held on the incomplete flash (the next power-on recovers it). Once the
+read-back verified, the operation runs to its end.
+
+Dual bank (:class:`~fwrescue.flash.device.TwoBankFlash`): a new bank that fails the boot
+watchdog is abandoned for the previous bank — when that bank still holds a verified
+image of the store — before anything is asked of the network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fwrescue.errors import (
     CompatibilityError,
+    FlashCancelled,
     FlashError,
     FlashPowerLoss,
     FwRescueError,
     JournalError,
+    OperationCancelled,
     RecoveryFailed,
     TrustError,
 )
-from fwrescue.flash.device import Flash
+from fwrescue.flash.device import Flash, StoppableFlash
 from fwrescue.host.base import BootResult, FlashMode, Host
 from fwrescue.recovery.journal import Journal, JournalRecord, Phase
 from fwrescue.recovery.ports import (
@@ -50,10 +66,13 @@ from fwrescue.recovery.ports import (
     OperationEvent,
     OperationState,
 )
+from fwrescue.recovery.power import PowerGuard
 from fwrescue.trust.manifest import SignedManifest
 from fwrescue.trust.verifier import VerifiedManifest, Verifier, sha256_file
 
 __all__ = ["EngineSettings", "Integrity", "OperationResult", "RecoveryEngine"]
+
+T = TypeVar("T")
 
 _PROGRESS = "TaskEvent.1.0.TaskProgressChanged"
 #: what each phase tells an operator (Redfish Update/TaskEvent registry ids and plain text)
@@ -106,7 +125,7 @@ class OperationResult:
     seconds: float = 0.0
 
 
-class RecoveryEngine:
+class RecoveryEngine(PowerGuard):
     """Recovers and updates one target. Constructed by the agent; all parts injected."""
 
     def __init__(
@@ -145,6 +164,9 @@ class RecoveryEngine:
         self.last_result: OperationResult | None = None
         self.last_boot: BootResult | None = None
         self._percent = 0
+        self._cancel = threading.Event()  # read by the flash thread between windows
+        self._cancel_async = asyncio.Event()
+        self._cancellable = False
 
     # --- what is installed ---------------------------------------------------------------
 
@@ -278,31 +300,41 @@ class RecoveryEngine:
     def new_op_id(kind: str) -> str:
         return f"{kind[:3]}-{secrets.token_hex(4)}"
 
-    async def guarded_power_on(self) -> bool:
-        """Power the host on only onto verified flash; recover first when it does not verify.
+    @property
+    def busy(self) -> bool:
+        """True while an operation or a guarded power request holds the operation lock."""
+        return self._lock.locked()
 
-        Boot watchdog: a host that does not report boot success within ``boot_timeout``
-        on verified flash ``boot_attempts`` times in a row is powered off and recovered."""
-        if self._host is None:
+    def cancel(self, op_id: str) -> bool:
+        """Ask the running operation ``op_id`` to stop at its next safe point (module doc).
+
+        True when accepted (the operation then ends ``Cancelled``); False when ``op_id`` is
+        not running here or is past its last safe point (the flash already verified)."""
+        if self.current is None or self.current.op_id != op_id or not self._cancellable:
             return False
-        # Under the operation lock: no update or recovery may write the flash between the
-        # integrity check and the power-on (a Redfish Reset racing an update, say), nor
-        # between a failed check and the recovery it calls for.
-        async with self._lock:
-            integrity = await self.check_integrity()
-            if integrity.ok:
-                for _ in range(self.settings.boot_attempts):
-                    await self._host.power_on()
-                    self.last_boot = await self._host.wait_boot(self.settings.boot_timeout)
-                    if self.last_boot.booted:
-                        return True
-                    await self._host.power_off()
-                reason = (f"boot watchdog: no boot success within "
-                          f"{self.settings.boot_timeout:g} s, {self.settings.boot_attempts} times")
-            else:
-                reason = f"integrity check before power-on: {integrity.reason}"
-            result = await self._run_locked("recovery", reason)
-        return bool(result.booted)
+        self._cancel.set()
+        self._cancel_async.set()
+        return True
+
+    def _check_cancel(self, where: str) -> None:
+        if self._cancel.is_set():
+            raise OperationCancelled(f"cancelled by an operator {where}; the flash was not "
+                                     "written")
+
+    async def _until_cancelled(self, work: Awaitable[T], where: str) -> T:
+        """Await ``work`` unless the operation is cancelled first (then stop it and raise)."""
+        job = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._cancel_async.wait())
+        try:
+            await asyncio.wait({job, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await job
+            self._check_cancel(where)
+        return job.result()
 
     # --- the pipeline ------------------------------------------------------------------
 
@@ -324,12 +356,17 @@ class RecoveryEngine:
                 op_id=op_id or self.new_op_id(kind), kind=kind, phase=Phase.DETECTED,
                 reason=reason, started_at=started, version_before=self.installed_version)
         self._transcript = []
+        self._cancel.clear()
+        self._cancel_async.clear()
+        self._cancellable = True
         self._record(record)
         self._note("start", kind=kind, reason=reason, resumed=resume is not None)
         try:
             result = await self._pipeline(record, located, started)
         except FlashPowerLoss:
             raise  # the BMC lost power: nothing more runs; the journal resumes it
+        except OperationCancelled as e:
+            result = self._fail(self.current or record, e, started, cancelled=True)
         except FwRescueError as e:
             result = self._fail(self.current or record, e, started)
         except OSError as e:  # BMC storage or device I/O failing: fail closed, host held
@@ -344,6 +381,7 @@ class RecoveryEngine:
             verified, image = self._restage(record.manifest_digest)
         else:
             located = located or await self._locate(record)
+            self._check_cancel("before the image was staged")
             # Re-verified now, under the lock: the floor may have risen since this image was
             # verified (an update queued behind another operation, or deferred to a reset).
             verified = self._verifier.verify_signed(
@@ -359,9 +397,22 @@ class RecoveryEngine:
             record = self._record(record.advance(
                 Phase.STAGED, manifest_digest=verified.digest, origin=located.origin,
                 donor_id=located.donor_id, donor_kind=located.donor_kind))
+        self._check_cancel("before the host was held")
         await self._hold_host()
         record = self._record(record.advance(Phase.FLASHING), percent=60)
-        await self._write_verified(verified, image)
+        try:
+            await self._write_verified(verified, image)
+        except FlashCancelled as e:
+            # where the write stopped, in the journal before the record is closed
+            self.current = record = record.advance(record.phase, detail={
+                **record.detail, "cancelled_at_offset": str(e.fields.get("offset")),
+                "cancelled_after_bytes": str(e.fields.get("written"))})
+            self._journal.write(record)
+            raise OperationCancelled(
+                "cancelled by an operator during the flash write; stopped between erase "
+                f"blocks at offset {e.fields.get('offset')}, the flash is incomplete and the "
+                "host stays held", **e.fields) from e
+        self._cancellable = False  # the flash verified: from here the operation completes
         record = self._record(record.advance(Phase.BOOTING), percent=90)
         self._journal.set_installed(verified.signed.raw)
         booted = await self._release_and_boot()
@@ -370,6 +421,10 @@ class RecoveryEngine:
                 self._on_boot_checked(verified, booted)
             except Exception:  # a report is advice to the fleet; it never fails a recovery
                 log.exception("%s: boot report failed", self.settings.target)
+        if booted is False and await self._boot_previous_bank(
+                "the new image did not boot within the watchdog time"):
+            raise RecoveryFailed("the new image did not boot; the host runs the previous "
+                                 "bank's image again")
         if booted is False:
             raise RecoveryFailed("the verified image did not boot within the watchdog time")
         self._verifier.commit_flashed(verified)
@@ -392,8 +447,8 @@ class RecoveryEngine:
         if own is not None:
             return own
         if self._locator is not None:
-            found = await self._locator.locate(s.target, s.machine_name, self._workdir,
-                                               self._note)
+            found = await self._until_cancelled(self._locator.locate(
+                s.target, s.machine_name, self._workdir, self._note), "while locating")
             if found is not None:
                 return found
         if self._network is None:
@@ -412,7 +467,8 @@ class RecoveryEngine:
             pct = 10 + (45 * done // total if total else 0)
             self._emit(OperationState.RUNNING, "transferring", pct, f"{done}/{total} bytes")
 
-        return await self._network.fetch(request, self._note, progress)
+        return await self._until_cancelled(self._network.fetch(request, self._note, progress),
+                                           "during the transfer")
 
     def _own_copy(self) -> Located | None:
         """The newest verified image for this board already in the agent's own store (a
@@ -454,8 +510,12 @@ class RecoveryEngine:
         attempts = 1 + self.settings.flash_retries
         for attempt in range(1, attempts + 1):
             try:
-                report = await asyncio.to_thread(
-                    self._flash.write, 0, image, progress)
+                if isinstance(self._flash, StoppableFlash):
+                    report = await asyncio.to_thread(
+                        self._flash.write_until, 0, image, progress, self._cancel.is_set)
+                else:  # one external process (flashrom): cancellable only before it starts
+                    self._check_cancel("before the flash write")
+                    report = await asyncio.to_thread(self._flash.write, 0, image, progress)
                 self._note("flashed", attempt=attempt, erased=report.erase_count,
                            programmed=report.bytes_programmed, skipped=report.skipped_bytes)
                 digest = await asyncio.to_thread(self._flash_digest, verified.manifest.size)
@@ -498,12 +558,15 @@ class RecoveryEngine:
         return boot.booted
 
     def _fail(self, record: JournalRecord, error: FwRescueError,
-              started: float) -> OperationResult:
-        self._note("failed", error=str(error), kind=type(error).__name__)
-        log.error("%s: %s %s failed: %s", self.settings.target, record.kind, record.op_id, error)
+              started: float, *, cancelled: bool = False) -> OperationResult:
+        self._cancellable = False
+        self._note("cancelled" if cancelled else "failed", error=str(error),
+                   kind=type(error).__name__)
+        log.error("%s: %s %s %s: %s", self.settings.target, record.kind, record.op_id,
+                  "cancelled" if cancelled else "failed", error)
         final = record.advance(Phase.FAILED, error=str(error))
-        self._record(final, state=OperationState.EXCEPTION, percent=100,
-                     message_id=error.message_id)
+        self._record(final, state=OperationState.CANCELLED if cancelled
+                     else OperationState.EXCEPTION, percent=100, message_id=error.message_id)
         try:
             self._journal.finish(final, self._transcript)
         except OSError as e:  # storage failing too: the journal stays; a restart retries

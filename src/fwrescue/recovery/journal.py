@@ -102,8 +102,8 @@ class JournalRecord:
                 raise ValueError("detail must map strings to strings")
             data["phase"] = Phase(data["phase"])
             return cls(**data)
-        except (ValueError, KeyError, TypeError) as e:
-            raise JournalError("recovery journal is malformed", detail=str(e)) from e
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raise JournalError("recovery journal is malformed", detail=str(e)[:200]) from e
 
 
 class Journal:

@@ -36,6 +36,7 @@ class OperationState(enum.Enum):
     RUNNING = "Running"
     COMPLETED = "Completed"
     EXCEPTION = "Exception"
+    CANCELLED = "Cancelled"
 
 
 @dataclass(frozen=True)

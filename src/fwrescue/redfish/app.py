@@ -24,7 +24,9 @@ from fwrescue.redfish.backend import FleetNotices, OperationEvent, RedfishBacken
 from fwrescue.redfish.events import EventHub, Poster
 from fwrescue.redfish.http import SERVICE, Service, make_middlewares
 from fwrescue.redfish.messages import Registries
+from fwrescue.redfish.methods import TokenMethodAppRunner
 from fwrescue.redfish.routes_auth import add_auth_routes
+from fwrescue.redfish.routes_cancel import add_cancel_routes
 from fwrescue.redfish.routes_core import add_core_routes
 from fwrescue.redfish.routes_events import add_event_routes
 from fwrescue.redfish.routes_policy import FleetPolicyBackend, add_policy_routes
@@ -85,6 +87,7 @@ def create_redfish_app(
     add_core_routes(app)
     add_auth_routes(app)
     add_update_routes(app)
+    add_cancel_routes(app)
     add_event_routes(app)
     if isinstance(backend, FleetPolicyBackend):  # agents that take signed fleet policies
         add_policy_routes(app, backend)
@@ -155,7 +158,7 @@ async def start_redfish_server(
     if tls:
         cert, key = ensure_certificate(state_dir, host)
         ssl_ctx = server_ssl_context(cert, key)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    runner = TokenMethodAppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx)
     await site.start()

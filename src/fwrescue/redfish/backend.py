@@ -26,6 +26,7 @@ __all__ = [
     "RESET_TYPES",
     "TARGET_STATES",
     "ApplyTime",
+    "CancellableBackend",
     "FleetNotices",
     "ImageInfo",
     "OperationEvent",
@@ -54,8 +55,8 @@ RESET_TYPES: tuple[ResetType, ...] = (
 
 OperationKind = Literal["update", "recovery"]
 OPERATION_KINDS: tuple[OperationKind, ...] = ("update", "recovery")
-OperationState = Literal["Running", "Completed", "Exception"]
-OPERATION_STATES: tuple[OperationState, ...] = ("Running", "Completed", "Exception")
+OperationState = Literal["Running", "Completed", "Exception", "Cancelled"]
+OPERATION_STATES: tuple[OperationState, ...] = ("Running", "Completed", "Exception", "Cancelled")
 HEALTH_VALUES = ("OK", "Warning", "Critical")
 TARGET_STATES = ("Enabled", "UnavailableOffline", "Updating")
 
@@ -175,8 +176,10 @@ class RedfishBackend(Protocol):
         """The host's power state; raises ``HostError`` when it cannot be read."""
         ...
 
-    async def reset(self, kind: ResetType) -> None:
-        """ComputerSystem.Reset; raises ``HostError`` (or a subclass) on failure."""
+    async def reset(self, kind: ResetType) -> str | None:
+        """ComputerSystem.Reset; raises ``HostError`` (or a subclass) on failure. Returns
+        None when done, or the id of an operation started first (a recovery before the
+        host may run), which the service answers 202 with a Task for."""
         ...
 
     def targets(self) -> list[TargetInfo]:
@@ -236,4 +239,14 @@ class FleetNotices(Protocol):
 
     def subscribe_notices(self, callback: Callable[[ResourceNotice], None]) -> Unsubscribe:
         """Call ``callback`` for each new notice until unsubscribed."""
+
+
+@runtime_checkable
+class CancellableBackend(Protocol):
+    """A backend whose operations can be cancelled (``DELETE`` on a Task); optional."""
+
+    def cancel_operation(self, op_id: str) -> bool:
+        """Ask operation ``op_id`` to stop at its next safe point (never inside an erase);
+        True when accepted (its Task then ends ``Cancelled``), False when it is not running
+        or is past its last safe point."""
         ...

@@ -30,6 +30,7 @@ __all__ = [
     "Service",
     "apply_patch",
     "current_principal",
+    "decode_json_body",
     "etag_of",
     "found",
     "json_response",
@@ -166,9 +167,15 @@ async def read_json(request: web.Request, max_bytes: int) -> dict[str, Any]:
     raw = await request.content.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise RequestError(413, "Base.1.22.PayloadTooLarge")
+    return decode_json_body(raw)
+
+
+def decode_json_body(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object, or 400 MalformedJSON (bad UTF-8 or JSON, nesting deeper
+    than the JSON decoder recurses, anything but an object)."""
     try:
         data = json.loads(raw) if raw else None
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise RequestError(400, "Base.1.22.MalformedJSON") from e
     if not isinstance(data, dict):
         raise RequestError(400, "Base.1.22.MalformedJSON")

@@ -253,8 +253,14 @@ def add_core_routes(app: web.Application) -> None:
             raise RequestError(
                 400, "Base.1.22.ActionParameterValueNotInList", str(kind)[:64], "ResetType", action
             )
-        await svc.backend.reset(kind)
-        return web.Response(status=204)
+        op_id = await svc.backend.reset(kind)
+        if op_id is None:
+            return web.Response(status=204)
+        # The host needs a recovery first: answered now, followed through a Task.
+        task = svc.tasks.ensure(op_id, "recovery", svc.clock())
+        started = svc.registries.message("TaskEvent.1.0.TaskStarted", (task.id,))
+        return json_response({"@Message.ExtendedInfo": [started]}, 202, {
+            "Location": task.monitor_uri, "Retry-After": str(svc.settings.retry_after_s)})
 
     # --- Managers / Chassis -------------------------------------------------------------
 

@@ -111,6 +111,13 @@ class TaskStore:
             added.append(
                 self._add_message(task, self._reg.message(f"TaskEvent.1.0.{done}", (task.id,)))
             )
+        elif event.state == "Cancelled":
+            task.state, task.status, task.end = "Cancelled", "Warning", now
+            added.append(
+                self._add_message(
+                    task, self._reg.message("TaskEvent.1.0.TaskCancelled", (task.id,))
+                )
+            )
         elif event.state == "Exception":
             task.state, task.status, task.end = "Exception", "Critical", now
             added.append(

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 from aiohttp import BodyPartReader, MultipartReader
@@ -167,7 +167,7 @@ async def receive_multipart(
                 raw = await _read_small(part, action)
                 try:
                     params = json.loads(raw)
-                except ValueError as e:
+                except (ValueError, RecursionError) as e:
                     raise RequestError(400, "Base.1.22.MalformedJSON") from e
             elif name == "UpdateFile":
                 if saved is not None:
@@ -211,6 +211,15 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def _split(uri: str) -> SplitResult:
+    """``urlsplit``, with a URI it refuses (``http://[::1``: "Invalid IPv6 URL") read as one
+    without scheme or host — the caller then answers 400 instead of failing."""
+    try:
+        return urlsplit(uri)
+    except ValueError:
+        return urlsplit("")
+
+
 def check_image_uri(uri: object, protocol: object) -> str:
     """A validated absolute http(s) ImageURI; raises 400 ``RequestError``."""
     action = "UpdateService.SimpleUpdate"
@@ -224,12 +233,12 @@ def check_image_uri(uri: object, protocol: object) -> str:
             "TransferProtocol",
             action,
         )
-    parts = urlsplit(uri) if len(uri) <= 2048 else urlsplit("")
+    parts = _split(uri) if len(uri) <= 2048 else urlsplit("")
     scheme = parts.scheme.lower()
     if not scheme and isinstance(protocol, str) and uri and "://" not in uri:
         # DSP0266: ImageURI may omit the scheme when TransferProtocol names it.
         uri = f"{protocol.lower()}://{uri}"
-        parts = urlsplit(uri)
+        parts = _split(uri)
         scheme = parts.scheme
     if scheme not in ("http", "https") or not parts.hostname:
         raise RequestError(

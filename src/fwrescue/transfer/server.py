@@ -191,6 +191,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first_s == "":
         if last_s == "" or int(last_s) == 0:
             raise ValueError("empty suffix range")
+        if size == 0:  # RFC 9110 §14.1.2: no suffix of an empty representation exists
+            raise ValueError("range not satisfiable")
         return max(0, size - int(last_s)), size - 1
     first = int(first_s)
     last = size - 1 if last_s == "" else min(int(last_s), size - 1)

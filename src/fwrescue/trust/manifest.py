@@ -201,8 +201,9 @@ class SignedManifest:
             raise SizeLimitExceeded("manifest too large", size=len(raw), limit=max_bytes)
         try:
             doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ManifestError("manifest is not valid JSON", detail=str(e)) from e
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            # RecursionError: nesting deeper than the decoder recurses (a hostile donor)
+            raise ManifestError("manifest is not valid JSON", detail=str(e)[:200]) from e
         if not isinstance(doc, dict) or set(doc) != {"signed", "signature"}:
             raise ManifestError("envelope must have exactly 'signed' and 'signature'")
         sig = doc["signature"]

@@ -235,3 +235,32 @@ def test_donor_limits_are_validated() -> None:
         DonorLimits(capacity=0)
     with pytest.raises(ConfigError):
         DonorLimits(lease_s=float("inf"))
+
+
+def test_suppression_yields_to_a_recipient_that_keeps_asking() -> None:
+    """Soak finding (soak/rogue.py): three rogues serving the genuine digest answer every
+    solicit first; suppression must not silence the honest donor for good."""
+    donor = make_donor("d1", [image(1)], limits=DonorLimits(suppress_after=2,
+                                                           suppress_rounds=2))
+    other = make_codec(5)
+    r = Recipient()
+    sent = []
+    now = T0
+    for xid in range(10, 14):  # four solicits in a row, each answered first by two rogues
+        r.send(donor, solicit(xid=xid), now)
+        for i in range(2):
+            offer = Offer(xid=xid, recipient_id="rcp-1", donor_id=f"rogue{i}",
+                          donor_kind=DonorKind.PEER, target="bios",
+                          manifest_digest=image(1).manifest_digest, version="9",
+                          security_version=9, size=1, load=0, capacity=4,
+                          transfer_url="http://10.0.0.1:80", lease_s=30.0)
+            donor.receive_datagram(other.encode(offer, now), ("127.0.0.1", 7000 + i), now)
+        now = fire(donor)
+        sent.append(bool(r.read(donor, now)))
+    # quiet twice, then it offers; offering resets the count (quiet again next time)
+    assert sent == [False, False, True, False]
+    assert donor.skipped["suppressed (enough offers overheard)"] == 3
+    # a solicit nobody else answered is offered to at once
+    r.send(donor, solicit(xid=99, rid="rcp-2"), now)
+    now = fire(donor)
+    assert len(r.read(donor, now)) == 1

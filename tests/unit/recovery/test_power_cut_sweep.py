@@ -28,17 +28,17 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
+from soak.powercut import StoredLocator, SweepHost, WatchedChip
 
 from fwrescue.errors import FlashPowerLoss
-from fwrescue.flash.device import FlashChip, FlashGeometry
+from fwrescue.flash.device import FlashGeometry
 from fwrescue.flash.faults import FaultPlan, FaultyChip
 from fwrescue.flash.filechip import MemoryChip
 from fwrescue.flash.writer import EraseAwareFlash
-from fwrescue.host.base import BootResult, FlashMode, PowerState
+from fwrescue.host.base import FlashMode, PowerState
 from fwrescue.image.store import PackageStore
 from fwrescue.recovery.engine import EngineSettings, RecoveryEngine
 from fwrescue.recovery.journal import Journal, Phase
-from fwrescue.recovery.ports import Located, TranscriptLog
 from fwrescue.trust.verifier import VerifiedManifest
 from tests.fakes.firmware import Firmware, Signer
 
@@ -50,85 +50,6 @@ RANDOM_OPS = 8
 SEED = 20240601
 #: A worker runs ~140 cases of ~0.3 s; far longer means it hangs.
 WORKER_TIMEOUT = 240.0
-
-
-class SweepHost:
-    """A model host that records, at every power-on or release, which image it runs."""
-
-    def __init__(self, chip: MemoryChip, genuine: dict[str, bytes]) -> None:
-        self._chip = chip
-        self._genuine = genuine
-        self.state = PowerState.ON  # running image A when the update starts
-        self.runs: list[str | None] = []  # "A"/"B", or None: ran on unverified flash
-
-    def _run(self) -> None:
-        self.state = PowerState.ON
-        flash = self._chip.snapshot()
-        self.runs.append(next((n for n, image in self._genuine.items() if flash == image), None))
-
-    async def power_state(self) -> PowerState:
-        return self.state
-
-    async def power_on(self) -> None:
-        if self.state is not PowerState.ON:
-            self._run()
-
-    async def power_off(self) -> None:
-        self.state = PowerState.OFF
-
-    async def hold_reset(self) -> None:
-        self.state = PowerState.RESET_HELD
-
-    async def release_reset(self) -> None:
-        if self.state is PowerState.RESET_HELD:
-            self._run()
-
-    async def wait_boot(self, timeout: float) -> BootResult:
-        booted = self.state is PowerState.ON and bool(self.runs) and self.runs[-1] is not None
-        return BootResult(booted=booted, seconds=0.0)
-
-    async def close(self) -> None:
-        return None
-
-
-class WatchedChip:
-    """Counts erases/programs that reach the chip while the host is running."""
-
-    def __init__(self, chip: FlashChip, host: SweepHost) -> None:
-        self._chip = chip
-        self._host = host
-        self.while_running = 0
-
-    @property
-    def geometry(self) -> FlashGeometry:
-        return self._chip.geometry
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self._chip.read(offset, length)
-
-    def erase(self, offset: int, length: int) -> None:
-        self._watch()
-        self._chip.erase(offset, length)
-
-    def program(self, offset: int, data: bytes) -> None:
-        self._watch()
-        self._chip.program(offset, data)
-
-    def _watch(self) -> None:
-        if self._host.state is PowerState.ON:
-            self.while_running += 1
-
-
-class StoredLocator:
-    """A predetermined source whose package is already staged in the store."""
-
-    def __init__(self, verified: VerifiedManifest, image: Path) -> None:
-        self._verified = verified
-        self._image = image
-
-    async def locate(self, target: str, machine_name: str, workdir: Path,
-                     log: TranscriptLog) -> Located | None:
-        return Located(verified=self._verified, image=self._image, origin="usb:/sweep")
 
 
 @dataclass
@@ -177,7 +98,7 @@ async def _one_cut(sweep: Sweep, cut: Cut, state: Path) -> str | None:
     """Run one case; return why the host is bricked, or None when it recovered."""
     memory = MemoryChip(GEOMETRY, fill=sweep.a.image)
     faulty = FaultyChip(memory, cut.plan)
-    host = SweepHost(memory, sweep.genuine)
+    host = SweepHost(memory.snapshot, sweep.genuine)
     watched = WatchedChip(faulty, host)
     Journal(state / "journal").set_installed(sweep.a.signed.raw)
 
@@ -303,7 +224,7 @@ async def test_a_torn_restart_resumes_from_the_journal_not_from_the_source(
     state = tmp_path / "one"
     memory = MemoryChip(GEOMETRY, fill=sweep.a.image)
     faulty = FaultyChip(memory, FaultPlan(power_loss_at_offset=100 * BLOCK + 12345))
-    host = SweepHost(memory, sweep.genuine)
+    host = SweepHost(memory.snapshot, sweep.genuine)
     Journal(state / "journal").set_installed(sweep.a.signed.raw)
     with pytest.raises(FlashPowerLoss):
         await _engine(sweep, state, EraseAwareFlash(faulty), host).recover("update to B")
