@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fwrescue.sim import swarm_fleet
 from fwrescue.sim.fleet import isolated_network
 from fwrescue.sim.swarm_fleet import FleetSpec, NodeOutcome, prepare, run_agents, start_console
 
@@ -75,6 +76,8 @@ def _worker(root: str, spec: FleetSpec, indices: list[int], barrier: Any, finish
         return time.monotonic()
 
     started_cpu = sum(os.times()[:2])
+    if os.environ.get("FLEET_DUMP"):
+        swarm_fleet.DEBUG_EVENTS = {}
     try:
         outcomes, rss = asyncio.run(run_agents(nodes, timeout=timeout, seed=spec.seed,
                                                ready=ready, done=done))
@@ -82,6 +85,8 @@ def _worker(root: str, spec: FleetSpec, indices: list[int], barrier: Any, finish
         out.put(("error", repr(e)))
         return
     cpu = sum(os.times()[:2]) - started_cpu
+    for o in outcomes:
+        o.events = dict((swarm_fleet.DEBUG_EVENTS or {}).get(o.node_id, {}))
     out.put(("ok", WorkerResult(outcomes, rss, cpu, len(nodes))))
 
 
@@ -144,7 +149,9 @@ def run_fleet(root: Path, spec: FleetSpec, workers: int, timeout: float) -> dict
     if dump:  # per-node outcomes, for looking into a run
         Path(f"{dump}-{spec.recipients}.json").write_text(json.dumps(
             [{"node": o.node_id, "staged": o.staged_s, "booted": o.booted_s,
-              "donors": o.donors, "dropped": o.dropped} for o in outcomes], indent=1))
+              "donors": o.donors, "dropped": o.dropped, "sessions": o.sessions,
+              "chokes": o.chokes, "released": list(o.released), "events": o.events}
+             for o in outcomes], indent=1))
     return {
         "staged": [o.staged_s for o in outcomes if o.staged_s is not None],
         "booted": [o.booted_s for o in outcomes if o.booted_s is not None],

@@ -183,6 +183,11 @@ class DonorSettings:
     # Deferred offers: a solicit this donor cannot answer yet (full, or the image not held
     # yet) is remembered this long and answered as soon as it can be (0 = off).
     defer_offers_s: float = 2.0
+    # Upload slot rotation (docs/transfer.md): admit this many token holders (0 = as many
+    # as max_uploads); a body request finding all max_uploads busy waits its turn up to
+    # upload_queue_s (0 = 503 at once), so holders share the shaped link in turn.
+    max_holders: int = 0
+    upload_queue_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -460,6 +465,8 @@ def _donor(s: _Section) -> DonorSettings:
         breaker_failures=s.get_int("breaker_failures", 3, 1, 10_000),
         egress_cap_images=s.get_float("egress_cap_images", 0.0, 0.0, 1000.0),
         defer_offers_s=s.get_float("defer_offers_s", 2.0, 0.0, 60.0),
+        max_holders=s.get_int("max_holders", 0, 0, 1024),
+        upload_queue_s=s.get_float("upload_queue_s", 0.0, 0.0, 60.0),
     )
     s.done()
     return result

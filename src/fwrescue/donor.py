@@ -84,8 +84,11 @@ class DonorService:
         self._link_factory = link_factory or (lambda: open_link(network))
         self.tokens = TokenRegistry(clock=time.time)
         self.served = DonorCatalog(store, partial)
+        # Token holders admitted: each waits its turn for one of max_uploads body slots.
+        self._holders = max(settings.max_holders, settings.max_uploads)
         self.server = TransferServer(self.served, self.tokens, TransferServerSettings(
-            max_uploads=settings.max_uploads,
+            max_uploads=settings.max_uploads, queue_wait_s=settings.upload_queue_s,
+            max_queued=self._holders if settings.upload_queue_s > 0 else 0,
             rate_limit_bps=settings.rate_limit_bps or None), servables=self.served,
             admit_image=self._admits)
         self.withheld: dict[str, ImageWithheld] = {}
@@ -145,7 +148,7 @@ class DonorService:
             identity=DonorIdentity(donor_id=self._donor_id, kind=self._kind,
                                    transfer_url=self.transfer_url, topology=self._topology),
             catalog=self.catalog,
-            limits=DonorLimits(capacity=self._settings.max_uploads,
+            limits=DonorLimits(capacity=self._holders,
                                lease_s=self._settings.lease_s,
                                console_extra_delay=self._settings.console_offer_delay_s,
                                suppress_after=self._settings.suppress_after,

@@ -23,6 +23,7 @@ class SwarmStats:
     dropped: dict[str, str] = field(default_factory=dict)  # banned for this image, why
     released: dict[str, str] = field(default_factory=dict)  # let go (idle), may return
     sessions: int = 0
+    chokes: int = 0  # busy answers: the donor was left out for a backoff (not dropped)
     seconds: float = 0.0
     staged_at: float | None = None  # monotonic time the verified image was complete
 

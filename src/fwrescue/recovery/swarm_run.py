@@ -21,6 +21,10 @@ once). From then on:
   refuses or answers 416 for a range its have-map claimed is dropped (``donor_failed``);
   one whose have-map shrank is dropped as a liar. Each drop is logged with its reason
   and written to the transcript; the slot then negotiates on for another donor;
+* a donor whose upload slots are all busy answers 503 *busy* (upload slot rotation,
+  docs/transfer.md): it is *choked*, not dropped: taken out of the scheduler (its
+  chunks go back to pending, so other donors get them), kept bound, and put back after
+  a short backoff (doubling while it stays busy) with a fresh have-map;
 * a partial donor that stays idle (holds nothing we lack) is RELEASEd, freeing both its
   upload slot and ours; it is not banned, and may be bound again once it holds more;
 * at the end every bound donor is RELEASEd with the bytes it sent.
@@ -45,6 +49,7 @@ from fwrescue.errors import (
     DonorUnavailable,
     FwRescueError,
     LocalError,
+    LocalProtocolError,
     RecoveryFailed,
     RemoteProtocolError,
     TransferError,
@@ -70,6 +75,8 @@ log = logging.getLogger(__name__)
 
 # How long a partial donor that just finished gets before its have-map is re-read.
 GRACE_S = 0.3
+# The longest a busy (choking) donor is left out of the scheduler.
+CHOKE_MAX_S = 2.0
 
 
 @dataclass(eq=False)
@@ -86,6 +93,8 @@ class _Slot:
     idle_since: float | None = None
     done: bool = False
     grace_used: bool = False  # a partial donor's one 404 while it moves into its store
+    chokes: int = 0  # busy answers in a row (backoff doubles with each)
+    choked: bool = False  # out of the scheduler until the backoff ends
 
     @property
     def donor_id(self) -> str | None:
@@ -115,6 +124,7 @@ class SwarmRun:
         self._scheduler: SwarmScheduler | None = None
         self._sync: asyncio.Future[None] | None = None
         self._refresh_s = self._settings.have_refresh_s
+        self._choke_s = 0.25  # first backoff from a busy donor: two chunk times
         self._done_bytes = 0
         self._started = time.monotonic()
         self.stats = SwarmStats()
@@ -132,6 +142,8 @@ class SwarmRun:
                 self._on_request_done(item[1], item[2], item[3])
             elif kind == "have":
                 self._on_have(item[1], item[2])
+            elif kind == "unchoke":
+                self._on_unchoke(item[1], item[2], item[3])
             scheduler = self._scheduler
             if scheduler is not None and scheduler.complete:
                 return await self._finish()
@@ -197,7 +209,8 @@ class SwarmRun:
             self._spawn(self._run_request(slot, req))
         settings = self._settings
         for slot in list(self._by_donor.values()):
-            if slot.in_flight or slot.offer is None or slot.offer.held is None:
+            if (slot.in_flight or slot.choked or slot.offer is None
+                    or slot.offer.held is None):
                 continue
             if slot.idle_since is None:
                 slot.idle_since = now
@@ -298,6 +311,7 @@ class SwarmRun:
         self._refresh_s = self._settings.have_refresh_s
         if ingress:
             self._refresh_s = min(self._refresh_s, max(0.05, 2 * m.chunk_size / ingress))
+            self._choke_s = max(0.05, 2 * m.chunk_size / ingress)
         slot.session.require_digest(offer.manifest_digest)
         await self._add_donor(slot)
 
@@ -419,12 +433,16 @@ class SwarmRun:
         slot.in_flight = max(0, slot.in_flight - 1)
         scheduler.request_ended(req, now)
         if error is None:
+            slot.chokes = 0
             if slot.offer is not None and slot.offer.held is not None and slot.refresh is None:
                 slot.refresh = asyncio.create_task(self._refresh(slot, 0.0))
             return
         if slot.donor_id != req.donor_id:
             return  # the slot moved on already
         if self._finishing_donor(slot, error):
+            return
+        if isinstance(error, DonorUnavailable) and error.fields.get("busy") is True:
+            self._choke(slot)
             return
         if isinstance(error, ChunkMismatch):
             index = error.fields.get("index")
@@ -477,6 +495,58 @@ class SwarmRun:
             return
         if donor_id in scheduler.dropped:  # the map shrank: a lie
             self._drop(slot, scheduler.dropped[donor_id], carrier=True)
+
+    # --- upload slot rotation ----------------------------------------------------------
+
+    def _choke(self, slot: _Slot) -> None:
+        """Every upload slot of the slot's donor is busy: let other donors have its
+        chunks for a backoff (two chunk times, doubling while busy, at most 2 s)."""
+        scheduler, offer = self._scheduler, slot.offer
+        if scheduler is None or offer is None or slot.choked:
+            return
+        slot.chokes += 1
+        slot.choked = True
+        self.stats.chokes += 1
+        scheduler.remove_donor(offer.donor_id, time.monotonic())
+        delay = min(CHOKE_MAX_S, self._choke_s * 2 ** min(slot.chokes - 1, 8))
+        delay *= 0.5 + self._owner.rng.random()
+        self._spawn(self._unchoke(slot, offer.donor_id, delay))
+
+    async def _unchoke(self, slot: _Slot, donor_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        offer, token, verified = slot.offer, slot.token, self._verified
+        have: list[int] | BaseException | None = None
+        if offer is not None and token is not None and verified is not None \
+                and offer.held is not None:
+            try:
+                have = await self._fetcher.fetch_have_map(offer.transfer_url, token, verified)
+            except TransferError as e:
+                have = e
+        self._queue.put_nowait(("unchoke", slot, donor_id, have))
+
+    def _on_unchoke(self, slot: _Slot, donor_id: str,
+                    have: list[int] | BaseException | None) -> None:
+        scheduler = self._scheduler
+        slot.choked = False
+        if (scheduler is None or slot.donor_id != donor_id or scheduler.complete
+                or donor_id in scheduler.dropped or donor_id in scheduler.active_donors):
+            return
+        if isinstance(have, BaseException):
+            if not self._finishing_donor(slot, have):
+                self._drop(slot, f"have-map: {have}")
+            return
+        offer = slot.offer
+        assert offer is not None
+        try:
+            scheduler.add_donor(donor_id, have, time.monotonic(),
+                                last_resort=offer.donor_kind is DonorKind.CONSOLE)
+        except RemoteProtocolError as e:
+            self._drop(slot, f"bad have-map: {e.message}", carrier=True)
+            return
+        except LocalProtocolError:  # another donor took its place meanwhile
+            self._drop(slot, "replaced while it was busy", release=True)
+            return
+        slot.idle_since = None
 
     # --- donor endings ----------------------------------------------------------------
 
@@ -572,7 +642,8 @@ class SwarmRun:
         stats.seconds = time.monotonic() - self._started
         self._log("transferred", bytes=stats.bytes_received, chunks=stats.chunks_fetched,
                   refetched_chunks=stats.refetched_chunks,
-                  rerequested_chunks=stats.rerequested_chunks, donors=dict(stats.bytes_by_donor),
+                  rerequested_chunks=stats.rerequested_chunks, chokes=stats.chokes,
+                  donors=dict(stats.bytes_by_donor),
                   dropped=dict(stats.dropped), sessions=stats.sessions,
                   seconds=round(stats.seconds, 3))
         kind = str(origin.donor_kind) if origin is not None else None

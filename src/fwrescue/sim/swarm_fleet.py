@@ -17,6 +17,7 @@ import dataclasses
 import random
 import resource
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from fwrescue.console.donor import ConsoleDonor
 from fwrescue.recovery.ports import OperationEvent
 from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node
 
+# Per-node counts of transcript events, for looking into a run (FLEET_DUMP).
+DEBUG_EVENTS: dict[str, Counter[str]] | None = None
+
 __all__ = ["FleetSpec", "NodeOutcome", "prepare", "run_agents", "start_console"]
 
 
@@ -38,7 +42,12 @@ class FleetSpec:
     image_size: int = 256 * 1024
     chunk_size: int = 16 * 1024
     link_bps: int = 1024 * 1024  # bytes/s, every upload (or download) of a node together
-    peer_uploads: int = 4
+    peer_uploads: int = 4  # image bodies a peer streams at once (its link shared)
+    # Token holders a peer admits; a body request finding all peer_uploads slots busy
+    # is answered 503 busy (the recipient asks others, then again) or, with
+    # upload_queue_s > 0, waits its turn that long (upload slot rotation, docs/transfer.md).
+    peer_holders: int = 4
+    upload_queue_s: float = 0.0
     console_uploads: int = 4
     console_only: bool = False  # peers do not donate: the baseline
     console_cap: float = 1.5  # images' worth the console sends once peers can serve
@@ -63,6 +72,10 @@ class NodeOutcome:
     refetched_chunks: int = 0
     donors: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
+    sessions: int = 0  # negotiation sessions the fetch used
+    chokes: int = 0  # busy answers from donors (upload slot rotation)
+    released: dict[str, str] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)  # transcript counts (FLEET_DUMP)
 
 
 def prepare(root: Path, spec: FleetSpec, network: NetworkSettings) -> FleetPlan:
@@ -71,7 +84,8 @@ def prepare(root: Path, spec: FleetSpec, network: NetworkSettings) -> FleetPlan:
                        image_size=spec.image_size, network=network, seed=spec.seed,
                        timers=spec.timers, chunk_size=spec.chunk_size, all_newest=True)
     donor = DonorSettings(max_uploads=spec.peer_uploads, lease_s=60.0,
-                          rate_limit_bps=spec.link_bps, enabled=True)
+                          rate_limit_bps=spec.link_bps, enabled=True,
+                          max_holders=spec.peer_holders, upload_queue_s=spec.upload_queue_s)
     for i, node in enumerate(plan.nodes):
         target = node.config.targets[0]
         flash = dataclasses.replace(target.flash, timing_chip="W25Q256JV",
@@ -123,6 +137,10 @@ async def run_agents(nodes: list[NodeSpec], *, timeout: float, seed: int = 1,
         def on_event(event: OperationEvent) -> None:
             entry = event.transcript_entry
             what = entry.get("event") if entry is not None else None
+            if DEBUG_EVENTS is not None and entry is not None and isinstance(what, str):
+                DEBUG_EVENTS.setdefault(node_id, Counter())[what] += 1
+                if what in ("NakReceived", "donor released", "OfferRejected"):
+                    DEBUG_EVENTS[node_id][f"{what}: {str(entry.get('reason'))[:40]}"] += 1
             if what == "transferred":  # the verified image is complete in staging
                 staged_at.setdefault(node_id, time.monotonic() - clock[0])
             elif what == "done":  # flashed, read back and the host booted
@@ -139,6 +157,13 @@ async def run_agents(nodes: list[NodeSpec], *, timeout: float, seed: int = 1,
         results = await asyncio.wait_for(asyncio.gather(
             *(a.recover("bios", "fleet lost its BIOS at once") for _, a in pairs)), timeout)
         outcomes = []
+        if DEBUG_EVENTS is not None:  # every donor's reasons for not offering
+            for node, agent in zip(nodes, agents, strict=True):
+                responder = agent.donor.responder
+                if responder is not None:
+                    counts = DEBUG_EVENTS.setdefault(node.node_id, Counter())
+                    for why, n in (*responder.skipped.items(), *responder.ignored.items()):
+                        counts[f"donor: {why}"] += n
         for (node, agent), result in zip(pairs, results, strict=True):
             image = node.release.image.read_bytes()
             flash_ok = node.flash_path.read_bytes()[:len(image)] == image
@@ -151,7 +176,9 @@ async def run_agents(nodes: list[NodeSpec], *, timeout: float, seed: int = 1,
                 bytes_received=stats.bytes_received if stats else 0,
                 refetched_chunks=stats.refetched_chunks if stats else 0,
                 donors=dict(stats.bytes_by_donor) if stats else {},
-                dropped=dict(stats.dropped) if stats else {}))
+                dropped=dict(stats.dropped) if stats else {},
+                sessions=stats.sessions if stats else 0, chokes=stats.chokes if stats else 0,
+                released=dict(stats.released) if stats else {}))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
         if done is not None:  # keep donating until every other worker's nodes are done
             await done()

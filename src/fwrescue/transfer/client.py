@@ -133,12 +133,19 @@ def _endpoint(base_url: str, kind: str, digest: str) -> URL:
     return base.with_path(f"{base.path.rstrip('/')}/{kind}/{digest}")
 
 
+# Set to "1" by a donor's 503 when every upload slot is busy (upload slot rotation).
+BUSY_HEADER = "X-Fwrescue-Busy"
+
+
 def _refusal(resp: aiohttp.ClientResponse, what: str) -> TransferError:
     """The error for a non-success status."""
     status = resp.status
     if status in (401, 403, 404, 410, 503):
+        # busy: every upload slot of the donor is taken right now (it chokes us for a
+        # moment; the token stays good), as opposed to a refusal that lasts.
         return DonorUnavailable(f"donor refused the {what}", status=status,
-                                retry_after=resp.headers.get("Retry-After"))
+                                retry_after=resp.headers.get("Retry-After"),
+                                busy=status == 503 and resp.headers.get(BUSY_HEADER) == "1")
     return TransferError(f"donor answered the {what} request with an unexpected status",
                          status=status)
 

@@ -15,8 +15,14 @@ Every request carries ``Authorization: Bearer <token>`` checked by the
 in the order digest shape (400), token (401/403), existence (404), so a token holder
 learns nothing about content it was not granted.
 
-Admission control: at most ``max_uploads`` image bodies stream at once; others get 503
-with ``Retry-After``. ``on_load_change(n)`` reports the live count (OFFERs carry it).
+Admission control: at most ``max_uploads`` image bodies stream at once. With
+``queue_wait_s`` > 0 a request that finds every body slot busy waits its turn (first
+come, first served) for at most that long, at most ``max_queued`` requests waiting (they
+hold no body buffer); beyond that, or after the wait, it gets 503 with ``Retry-After``.
+So a donor serves chunk requests from many token holders in turn, limited by its shaped
+link, not by how many holders it admitted (upload slot rotation); a busy 503 carries
+``X-Fwrescue-Busy: 1`` (the token stays good: ask again in a moment).
+``on_load_change(n)`` reports the live count (OFFERs carry it).
 An optional rate limit shapes the donor's **total** egress, every upload together (a
 100 Mb/s BMC link), with one shared :class:`~fwrescue.transfer.pacing.Pacer`.
 
@@ -31,10 +37,11 @@ Unpaced bodies go out with zero-copy ``sendfile`` in ``read_block`` pieces; pace
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,10 +102,18 @@ class TransferServerSettings:
     # 256 KiB reads keep a thread-pool hop well below the cost of the bytes moved.
     read_block: int = 256 * 1024
     shutdown_timeout: float = 1.0
+    # Upload slot rotation: a request finding every body slot busy waits this long for
+    # one (0: 503 at once), at most ``max_queued`` waiting.
+    queue_wait_s: float = 0.0
+    max_queued: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_uploads <= 1024:
             raise ConfigError("max_uploads must be in [1, 1024]", max_uploads=self.max_uploads)
+        if not 0 <= self.queue_wait_s <= 60:
+            raise ConfigError("queue_wait_s must be in [0, 60]", queue_wait_s=self.queue_wait_s)
+        if not 0 <= self.max_queued <= 4096:
+            raise ConfigError("max_queued must be in [0, 4096]", max_queued=self.max_queued)
         if self.rate_limit_bps is not None and self.rate_limit_bps < 1024:
             raise ConfigError("rate_limit_bps must be at least 1024",
                               rate_limit_bps=self.rate_limit_bps)
@@ -138,7 +153,10 @@ class _State:
         self.peak = 0
         self.started = 0
         self.refused = 0
+        self.queued_total = 0
         self.image_bytes = 0
+        # Requests waiting for a body slot, oldest first (upload slot rotation).
+        self.waiters: deque[asyncio.Future[None]] = deque()
         self.by_token: OrderedDict[str, int] = OrderedDict()
 
     def add_bytes(self, token: str, n: int, sha256: str | None = None) -> None:
@@ -155,6 +173,41 @@ class _State:
         self.peak = max(self.peak, self.active)
         if self.on_load_change is not None:
             self.on_load_change(self.active)
+
+    async def acquire_slot(self, settings: TransferServerSettings) -> bool:
+        """Take a body slot, waiting in line (FIFO, bounded) when all are busy; False
+        when none freed within ``queue_wait_s`` or the line is full."""
+        if self.active < settings.max_uploads and not self.waiters:
+            self.load(+1)
+            return True
+        if settings.queue_wait_s <= 0 or len(self.waiters) >= settings.max_queued:
+            return False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.queued_total += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), settings.queue_wait_s)
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():  # handed a slot as time ran out
+                self.release_slot(settings)
+            return False
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release_slot(settings)
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self.waiters.remove(waiter)
+        return True  # release_slot handed us its slot (active unchanged)
+
+    def release_slot(self, settings: TransferServerSettings) -> None:
+        """Hand the slot to the oldest waiter still waiting, else free it."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.load(-1)
 
     def snapshot(self) -> ServerStats:
         return ServerStats(active_uploads=self.active, peak_uploads=self.peak,
@@ -334,12 +387,12 @@ async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
         return _error(503, "Base.1.22.ServiceTemporarilyUnavailable",
                       "this donor no longer serves this image: peers can",
                       {"Retry-After": str(settings.retry_after_s)})
-    if state.active >= settings.max_uploads:
+    if not await state.acquire_slot(settings):
         state.refused += 1
+        # X-Fwrescue-Busy: the token stays good, ask again in a moment (slot rotation).
         return _error(503, "Base.1.22.ServiceTemporarilyUnavailable", "donor is busy",
-                      {"Retry-After": str(settings.retry_after_s)})
+                      {"Retry-After": str(settings.retry_after_s), "X-Fwrescue-Busy": "1"})
     state.started += 1
-    state.load(+1)
     try:
         await resp.prepare(request)
         await _stream(request, resp, fd, first, last, token, sha256)
@@ -349,7 +402,7 @@ async def _send_image(request: web.Request, fd: int, size: int, sha256: str,
         if request.transport is not None:
             request.transport.close()
     finally:
-        state.load(-1)
+        state.release_slot(settings)
     return resp
 
 
