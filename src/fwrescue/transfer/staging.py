@@ -49,6 +49,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
+from fwrescue.atomicfile import atomic_write, commit_file
 from fwrescue.errors import ChunkMismatch, LocalError
 from fwrescue.transfer.havemap import encode_have_map
 from fwrescue.trust.verifier import VerifiedManifest, Verifier
@@ -89,14 +90,6 @@ class ImageVerifier(Protocol):
 
 def _chunks_digest(verified: VerifiedManifest) -> str:
     return hashlib.sha256(",".join(verified.manifest.chunks).encode()).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
@@ -217,13 +210,7 @@ class StagedImage:
             os.fsync(fd)
         finally:
             os.close(fd)
-        tmp = self.map_path.with_name(f".{self.map_path.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(self._header + bytes(self.chunk_count))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.map_path)
-        _fsync_dir(self.area_dir)
+        atomic_write(self.map_path, self._header + bytes(self.chunk_count), mode=0o600)
 
     @property
     def area_dir(self) -> Path:
@@ -441,8 +428,7 @@ class StagedImage:
             self.discard()
             raise
         try:
-            os.replace(self.part_path, self.final_path)
-            _fsync_dir(self.area_dir)
+            commit_file(self.part_path, self.final_path)
             self.map_path.unlink()
         except OSError as e:
             raise StagingError("cannot finalize staged image", detail=str(e)) from e
