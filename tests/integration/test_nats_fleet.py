@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import fwrescue.recovery.network
+import fwrescue.agent
 from fwrescue.agent import Agent
 from fwrescue.config import NetworkSettings, TimerSettings, TransportSettings
 from fwrescue.console.donor import ConsoleDonor
@@ -39,9 +39,9 @@ async def test_recovery_completes_when_the_recipients_nats_node_is_sigkilled(
     recipients = plan.nodes[:2]
     for node in recipients:
         corrupt_node(node)
-    links: list[NatsLink] = []
+    links: list[NatsLink] = []  # every agent's one shared link, in the order opened
     killed: list[str] = []
-    real_open_link = fwrescue.recovery.network.open_link
+    real_open_link = fwrescue.agent.open_link
 
     def spy_open_link(settings: NetworkSettings) -> Link:
         link = real_open_link(settings)
@@ -49,7 +49,8 @@ async def test_recovery_completes_when_the_recipients_nats_node_is_sigkilled(
         links.append(link)
         return link
 
-    monkeypatch.setattr(fwrescue.recovery.network, "open_link", spy_open_link)
+    # each agent opens ONE link (its SharedLink) for its donor service and its fetches
+    monkeypatch.setattr(fwrescue.agent, "open_link", spy_open_link)
     assert plan.console_repo is not None
     console = ConsoleDonor(repo=plan.console_repo, trust=plan.root / "trust",
                            state_dir=plan.root / "console", network=network)
@@ -58,14 +59,15 @@ async def test_recovery_completes_when_the_recipients_nats_node_is_sigkilled(
     try:
         for agent in agents[2:]:  # the healthy peers donate
             await agent.start()
-        for agent in agents[:2]:
-            await agent.start(run_startup_checks=False)
+        await agents[0].start(run_startup_checks=False)
+        recipient_link = links[-1]  # opened by the first recipient's start
+        await agents[1].start(run_startup_checks=False)
         first = asyncio.create_task(agents[0].recover("bios", "test: corrupted"))
         for _ in range(500):  # bounded: the recipient's link connects within ~a second
-            if links and links[0].connected_url:
+            if recipient_link.connected_url:
                 break
             await asyncio.sleep(0.01)
-        url = links[0].connected_url
+        url = recipient_link.connected_url
         assert url is not None and not first.done()
         victim = nats_cluster.urls.index(url.rstrip("/"))
         nats_cluster.kill(victim)  # mid-negotiation: the SOLICIT is not yet answered
@@ -79,8 +81,10 @@ async def test_recovery_completes_when_the_recipients_nats_node_is_sigkilled(
         await console.stop()
 
     assert all(r.ok for r in results), [r.reason for r in results]
-    assert links[0].stats.disconnects >= 1 and links[0].stats.reconnects >= 1
-    assert links[0].connected_url is None or links[0].connected_url not in killed
+    # the recipient negotiated and fetched over the link whose node was killed
+    assert len(links) == len(agents), links  # no agent opened a second link
+    assert recipient_link.stats.disconnects >= 1 and recipient_link.stats.reconnects >= 1
+    assert recipient_link.connected_url is None or recipient_link.connected_url not in killed
     for node, agent in zip(recipients, agents, strict=False):
         # whichever genuine release of its board the recipient chose (the offers that
         # arrive within the window depend on which donors were failing over)
@@ -212,20 +216,22 @@ async def test_an_agent_fetches_over_its_one_nats_connection_not_one_per_fetch(
                                                              offer_window=0.3))
     recipient, donor = plan.nodes
     corrupt_node(recipient)
-    fetch_links: list[NatsLink] = []
-    real_open_link = fwrescue.recovery.network.open_link
+    agent_links: list[NatsLink] = []
+    real_open_link = fwrescue.agent.open_link
 
     def spy_open_link(settings: NetworkSettings) -> Link:
         link = real_open_link(settings)
         assert isinstance(link, NatsLink)
-        fetch_links.append(link)
+        agent_links.append(link)
         return link
 
-    monkeypatch.setattr(fwrescue.recovery.network, "open_link", spy_open_link)
+    # each agent opens ONE link (its SharedLink), shared by its donor service and fetches
+    monkeypatch.setattr(fwrescue.agent, "open_link", spy_open_link)
     agents = [Agent(recipient.config), Agent(donor.config)]
     try:
         await agents[1].start()
         await agents[0].start(run_startup_checks=False)
+        (_, recipient_link) = agent_links  # the donor's, then the recipient's
         result = await asyncio.wait_for(agents[0].recover("bios", "test: corrupted"), 30)
         seen = _connz(nats_cluster)  # while both agents still run
     finally:
@@ -233,10 +239,10 @@ async def test_an_agent_fetches_over_its_one_nats_connection_not_one_per_fetch(
             await agent.stop()
 
     assert result.ok and result.donor_id == donor.node_id, result.reason
-    (fetch_link,) = fetch_links
-    connection = fetch_link.connection
-    # the fetch's link and the donor service's link: two links, one connection
-    assert connection is not None and connection.opened == 2
+    # the fetch opened no link of its own: still one link per agent, on one connection
+    assert len(agent_links) == 2, agent_links
+    connection = recipient_link.connection
+    assert connection is not None and connection.opened == 1
     assert connection.options.name == recipient.node_id
     by_name = {name: [c for c in seen if c.get("name") == name]
                for name in (recipient.node_id, donor.node_id)}

@@ -189,7 +189,7 @@ def test_multicast_negotiation_across_a_bridge(tmp_path: Path, lab: Lab) -> None
         _wait_recovered([recipient], procs, 30)
     (doc,) = _assert_genuine(plan, [recipient])
     done = [e for e in doc["transcript"] if e["event"] == "transferred"]
-    assert done and done[0]["donor"] == donor.node_id
+    assert done and list(done[0]["donors"]) == [donor.node_id]  # bytes by donor: only it
 
 
 @pytest.mark.timeout(90)
@@ -216,7 +216,7 @@ def test_segments_without_a_multicast_path_recover_through_the_nats_cluster(
     for node, doc in zip(recipients, docs, strict=True):
         done = [e for e in doc["transcript"] if e["event"] == "transferred"]
         # the donor of its own board, on the other segment
-        assert [e["donor"] for e in done] == [donors[plan.nodes.index(node) % 2].node_id]
+        assert [list(e["donors"]) for e in done] == [[donors[plan.nodes.index(node) % 2].node_id]]
 
 
 def _connections_named(lab: Lab, cluster: NatsCluster, name: str) -> list[int]:
@@ -259,7 +259,7 @@ def test_a_nats_node_sigkilled_during_a_cross_segment_recovery_costs_no_recovery
         survivors = _connections_named(lab, cluster, recipient.node_id)
     (doc,) = _assert_genuine(plan, [recipient])
     done = [e for e in doc["transcript"] if e["event"] == "transferred"]
-    assert [e["donor"] for e in done] == [donor.node_id]
+    assert [list(e["donors"]) for e in done] == [[donor.node_id]]
     assert len(survivors) == 1 and survivors[0] != victim
     assert not NatsCluster.alive(cluster.nodes[victim])
 
@@ -295,11 +295,18 @@ def _verified_chunks(node: NodeSpec) -> tuple[int, int]:
     return 0, 0
 
 
+def _partial_chunks(node: NodeSpec) -> int:
+    """Chunks whose bytes arrived in part and were not verified (staging map state 1)."""
+    staging = node.config.state_dir / "targets" / "bios" / "staging"
+    maps = list(staging.glob("*.map")) if staging.exists() else []
+    return maps[0].read_bytes()[512:].count(1) if maps else 0
+
+
 @pytest.mark.timeout(120)
 def test_link_cut_mid_transfer_and_restored_resumes_without_refetching_verified_chunks(
         tmp_path: Path, lab: Lab) -> None:
-    # nodes 2 and 4 hold the newest release: a donor given up during the cut is not asked
-    # again in that session, so the resumed transfer comes from the other one
+    # nodes 2 and 4 hold the newest release; the cut stalls every donor in use, which
+    # must not ban them: once the link is back the swarm binds them again
     plan = build_fleet(tmp_path / "fleet", nodes=4, boards=1, image_size=1024 * 1024,
                        network=isolated_network(), timers=TimerSettings())
     recipient, donors = plan.nodes[0], [plan.nodes[1], plan.nodes[3]]
@@ -325,16 +332,20 @@ def test_link_cut_mid_transfer_and_restored_resumes_without_refetching_verified_
         # up, so the restored link needs a new negotiation and a resumed transfer
         time.sleep(11)
         assert _verified_chunks(recipient)[0] == at_cut  # nothing moved while cut
+        partial = _partial_chunks(recipient)  # in flight at the cut, recorded at the stall
         lab.set_link(rcp_host, up=True)
         _wait_recovered([recipient], procs, 60)
     (doc,) = _assert_genuine(plan, [recipient])
     events = doc["transcript"]
-    failed = [e for e in events if e["event"] == "donor failed"]
+    dropped = [e for e in events if e["event"] == "donor dropped"]
     done = [e for e in events if e["event"] == "transferred"]
-    assert len(failed) == 1 and len(done) == 1 and done[0]["donor"] != failed[0]["donor"]
-    # the resumed transfer fetched only the chunks not yet verified at the cut; at most one
-    # of them (the one in flight at the cut, never verified) had partly arrived before
-    assert done[0]["refetched_chunks"] <= 1
-    assert done[0]["bytes"] <= (total - at_cut) * CHUNK
-    print(f"cut at {at_cut}/{total} verified chunks; resumed transfer moved "
+    # the cut stalled the donors in use: dropped, then bound again once the link was back
+    assert dropped and len(done) == 1
+    assert {e["donor"] for e in dropped} <= {d.node_id for d in donors}
+    assert {d for d, n in done[0]["donors"].items() if n} <= {d.node_id for d in donors}
+    # no chunk verified at the cut was fetched again: only chunks in flight at the cut
+    # (arrived in part, never verified) may have been fetched twice
+    assert done[0]["refetched_chunks"] <= partial
+    assert done[0]["bytes"] <= (total + partial) * CHUNK
+    print(f"cut at {at_cut}/{total} verified chunks ({partial} in flight); the run moved "
           f"{done[0]['bytes']} bytes, refetched {done[0]['refetched_chunks']} chunks")

@@ -579,8 +579,10 @@ class SwarmRun:
             self._log("donor released", donor=donor_id, reason=reason)
             self._release(slot, "idle")
             return
-        if scheduler is not None:
+        if scheduler is not None and carrier:
             scheduler.drop_donor(donor_id, reason, time.monotonic())
+        elif scheduler is not None:  # a stall or reset may be our own link (cut): not
+            scheduler.remove_donor(donor_id, time.monotonic())  # banned, may bind again
         self.stats.dropped[donor_id] = reason
         log.warning("%s: dropped donor %s: %s", self._owner.node_id, donor_id, reason)
         self._log("donor dropped", donor=donor_id, reason=reason,
