@@ -54,18 +54,17 @@ from tests.fakes.rogue import (
     corrupted_carrier,
     other_board,
     plant,
+    record_flash_writes,
     rogue_signed,
     rolled_back,
 )
 
 from fwrescue.agent import Agent
 from fwrescue.config import TimerSettings
-from fwrescue.flash.device import WriteReport
 from fwrescue.image.store import PackageStore
 from fwrescue.sim.fleet import CORRUPT_BYTES, FleetPlan, NodeSpec, build_fleet, isolated_network
 from fwrescue.transfer.server import parse_range
 from fwrescue.trust.manifest import SignedManifest
-from fwrescue.trust.verifier import sha256_file
 
 __all__ = ["RogueSoak", "main"]
 
@@ -189,27 +188,6 @@ class RogueSoak:
                 p.unlink()
         agent.store.refresh()
 
-    @staticmethod
-    def _watch_writes(agent: Agent) -> list[str]:
-        flash = agent.targets["bios"].flash
-        original: Callable[..., WriteReport] = flash.write
-        written: list[str] = []
-
-        def write(offset: int, image: Path, progress: Any = None) -> WriteReport:
-            written.append(sha256_file(image))
-            return original(offset, image, progress)
-
-        setattr(flash, "write", write)  # noqa: B010 - an instance override, on purpose
-        if hasattr(flash, "write_until"):  # the engine's cancellable write (StoppableFlash)
-            until: Callable[..., WriteReport] = flash.write_until
-
-            def write_until(offset: int, image: Path, progress: Any, stop: Any) -> WriteReport:
-                written.append(sha256_file(image))
-                return until(offset, image, progress, stop)
-
-            setattr(flash, "write_until", write_until)  # noqa: B010
-        return written
-
     async def _round(self, agent: Agent, spec: NodeSpec, written: list[str]) -> dict[str, Any]:
         self._break(agent, spec)
         start = len(written)
@@ -242,7 +220,7 @@ class RogueSoak:
         await honest.start(run_startup_checks=False)
         for agent in recipients:
             await agent.start(run_startup_checks=False)
-        writes = [self._watch_writes(a) for a in recipients]
+        writes = [record_flash_writes(a) for a in recipients]
         pairs = list(zip(recipients, self.recipient_specs, writes, strict=True))
         base: list[float] = []
         records: list[dict[str, Any]] = []

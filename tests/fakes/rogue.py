@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fwrescue.config import DonorSettings, NetworkSettings
 from fwrescue.donor import DonorService
@@ -32,7 +33,11 @@ from fwrescue.protocol.donor import OfferableImage
 from fwrescue.protocol.messages import DonorKind
 from fwrescue.trust.keys import SigningKey, generate_keypair
 from fwrescue.trust.manifest import SignedManifest
-from fwrescue.trust.verifier import VerifiedManifest
+from fwrescue.trust.verifier import VerifiedManifest, sha256_file
+
+if TYPE_CHECKING:
+    from fwrescue.agent import Agent
+    from fwrescue.flash.device import WriteReport
 
 __all__ = [
     "Claim",
@@ -41,6 +46,7 @@ __all__ = [
     "isolated_network",
     "other_board",
     "plant",
+    "record_flash_writes",
     "rogue_signed",
     "rolled_back",
 ]
@@ -162,3 +168,26 @@ def corrupted_carrier(root: Path, *, donor_id: str, network: NetworkSettings,
             f.seek(offset + length // 2)
             f.write(bytes([byte[0] ^ 0xFF]))
     return RogueDonor(donor_id=donor_id, store=store, network=network, claim=claim or Claim())
+
+
+def record_flash_writes(agent: Agent, target: str = "bios") -> list[str]:
+    """Wrap ``agent``'s flash for ``target``: the returned list gets the SHA-256 of every
+    image handed to ``write`` or to the engine's cancellable ``write_until``."""
+    flash = agent.targets[target].flash
+    original: Callable[..., WriteReport] = flash.write
+    written: list[str] = []
+
+    def write(offset: int, image: Path, progress: Any = None) -> WriteReport:
+        written.append(sha256_file(image))
+        return original(offset, image, progress)
+
+    setattr(flash, "write", write)  # noqa: B010 - an instance override, on purpose
+    if hasattr(flash, "write_until"):  # the engine's cancellable write (StoppableFlash)
+        until: Callable[..., WriteReport] = flash.write_until
+
+        def write_until(offset: int, image: Path, progress: Any, stop: Any) -> WriteReport:
+            written.append(sha256_file(image))
+            return until(offset, image, progress, stop)
+
+        setattr(flash, "write_until", write_until)  # noqa: B010
+    return written

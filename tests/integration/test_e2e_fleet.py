@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fwrescue.agent import Agent
 from fwrescue.config import TimerSettings
-from fwrescue.flash.device import WriteReport
 from fwrescue.host.base import PowerState
 from fwrescue.host.virtual import VirtualHost
 from fwrescue.image.package import open_package
@@ -25,6 +23,7 @@ from tests.fakes.rogue import (
     corrupted_carrier,
     isolated_network,
     other_board,
+    record_flash_writes,
     rogue_signed,
     rolled_back,
 )
@@ -102,26 +101,6 @@ def _rogues(plan: FleetPlan, root: Path) -> list[RogueDonor]:
     ]
 
 
-def _count_writes(agent: Agent) -> list[str]:
-    """Wrap the target's flash: record the SHA-256 of every image handed to write()."""
-    flash = agent.targets["bios"].flash
-    original: Callable[..., WriteReport] = flash.write
-    written: list[str] = []
-
-    def write(offset: int, image: Path, progress: Any = None) -> WriteReport:
-        written.append(sha256_file(image))
-        return original(offset, image, progress)
-
-    setattr(flash, "write", write)  # noqa: B010 - an instance override, on purpose
-    if hasattr(flash, "write_until"):  # the engine's cancellable write (StoppableFlash)
-        until: Callable[..., WriteReport] = flash.write_until
-
-        def write_until(offset: int, image: Path, progress: Any, stop: Any) -> WriteReport:
-            written.append(sha256_file(image))
-            return until(offset, image, progress, stop)
-
-        setattr(flash, "write_until", write_until)  # noqa: B010
-    return written
 
 
 def _entries(transcript: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
@@ -155,7 +134,7 @@ async def test_rogue_donors_cause_no_bad_flash_and_an_honest_donor_heals(
     try:
         await _start_all(rogues, [honest])
         await recipient.start(run_startup_checks=False)
-        writes = _count_writes(recipient)
+        writes = record_flash_writes(recipient)
         result = await asyncio.wait_for(recipient.recover("bios", "e2e: corrupted"), 60)
         transcript = recipient.engine("bios").transcript()
     finally:
@@ -206,7 +185,7 @@ async def test_only_rogue_donors_recovery_fails_and_the_flash_is_never_written(
     try:
         await _start_all(rogues, [])
         await recipient.start(run_startup_checks=False)
-        writes = _count_writes(recipient)
+        writes = record_flash_writes(recipient)
         result = await asyncio.wait_for(recipient.recover("bios", "e2e: corrupted"), 60)
         transcript = recipient.engine("bios").transcript()
     finally:
