@@ -20,11 +20,11 @@ async def test_rogues_never_cause_a_bad_flash_and_an_honest_donor_always_serves(
     assert all(r["ok"] and r["honest"] and r["flash_ok"] for r in records), records
     assert sum(r["bad_flashes"] for r in records) == 0
     assert all(r["writes"] == 1 for r in records), records  # the watch sees the writes
-    # the rogues were really in play: every round heard their offers, and the soak bound
-    # them (each is declined or dropped after its first attempt). A swarm binds several
-    # donors at once and recovered peers answer too, so one round may finish from honest
+    # the rogues were really in play across the soak: their offers were heard and bound
+    # (each is declined or dropped after its first attempt). A swarm binds several donors
+    # at once and recovered peers answer too, so a single round may finish from honest
     # donors before any rogue had its turn.
-    assert all(r["rogue_offers"] >= 1 for r in records), records
+    assert sum(r["rogue_offers"] for r in records) >= 5 * len(records), records
     assert sum(r["rogue_transfers"] for r in records) >= 2 * len(records), records
     lines, failed = summarize(out, 1.0)
     assert not failed and "bad flashes:              0" in "\n".join(lines)
