@@ -48,6 +48,21 @@ def _link(cluster: NatsCluster, server: int) -> NatsLink:
         kind="nats", nats_servers=tuple(urls[:1]), subject_prefix=PREFIX, site=SITE)))
 
 
+def _donor_and_recipient() -> tuple[DonorResponder, RecipientSession]:
+    """A peer donor of IMAGE and a recipient that wants it, both on the fleet key."""
+    donor = DonorResponder(
+        identity=DonorIdentity(donor_id="donor-a", kind=DonorKind.PEER,
+                               transfer_url="http://127.0.0.1:9001"),
+        catalog=lambda: [IMAGE], limits=DonorLimits(capacity=2, jitter=0.05),
+        codec=Codec(KEY), rng=random.Random(1))
+    recipient = RecipientSession(
+        identity=RecipientIdentity(node_id="rcp-1", target="bios", machine_name="board-a",
+                                   installed_version=None, security_version=0,
+                                   min_security_version=3),
+        timers=FAST, policy=get_policy("newest"), codec=Codec(KEY), rng=random.Random(2))
+    return donor, recipient
+
+
 async def _first(queue: asyncio.Queue[Event], kind: type[Event], timeout: float) -> Event:
     async def wait() -> Event:
         while True:  # bounded by the timeout below
@@ -61,16 +76,7 @@ async def _first(queue: asyncio.Queue[Event], kind: type[Event], timeout: float)
 @pytest.mark.timeout(60)
 async def test_forged_replayed_oversize_and_unaddressed_nats_messages_change_nothing(
         nats_cluster: NatsCluster) -> None:  # noqa: F811
-    donor = DonorResponder(
-        identity=DonorIdentity(donor_id="donor-a", kind=DonorKind.PEER,
-                               transfer_url="http://127.0.0.1:9001"),
-        catalog=lambda: [IMAGE], limits=DonorLimits(capacity=2, jitter=0.05),
-        codec=Codec(KEY), rng=random.Random(1))
-    recipient = RecipientSession(
-        identity=RecipientIdentity(node_id="rcp-1", target="bios", machine_name="board-a",
-                                   installed_version=None, security_version=0,
-                                   min_security_version=3),
-        timers=FAST, policy=get_policy("newest"), codec=Codec(KEY), rng=random.Random(2))
+    donor, recipient = _donor_and_recipient()
     donor_events: list[Event] = []
 
     async def on_donor_event(event: Event) -> None:
@@ -227,16 +233,7 @@ async def test_an_unreachable_broker_falls_back_to_multicast() -> None:
         port=rng.randint(20000, 32000),
         transport=TransportSettings(kind="nats", nats_servers=("nats://127.0.0.1:9",),
                                     connect_timeout_s=0.3))
-    donor = DonorResponder(
-        identity=DonorIdentity(donor_id="donor-a", kind=DonorKind.PEER,
-                               transfer_url="http://127.0.0.1:9001"),
-        catalog=lambda: [IMAGE], limits=DonorLimits(capacity=2, jitter=0.05),
-        codec=Codec(KEY), rng=random.Random(1))
-    recipient = RecipientSession(
-        identity=RecipientIdentity(node_id="rcp-1", target="bios", machine_name="board-a",
-                                   installed_version=None, security_version=0,
-                                   min_security_version=3),
-        timers=FAST, policy=get_policy("newest"), codec=Codec(KEY), rng=random.Random(2))
+    donor, recipient = _donor_and_recipient()
     links = [open_link(network), open_link(network)]
     assert all(isinstance(link, DualLink) for link in links)
     async with SessionDriver(donor, links[0]), SessionDriver(recipient, links[1]) as driver:
@@ -261,16 +258,7 @@ async def test_a_neighbour_without_a_broker_is_answered_by_multicast(
     donor_link = open_link(network(nats_cluster.urls))
     recipient_link = open_link(network(["nats://127.0.0.1:9"]))  # its broker never answers
     assert isinstance(donor_link, DualLink) and isinstance(recipient_link, DualLink)
-    donor = DonorResponder(
-        identity=DonorIdentity(donor_id="donor-a", kind=DonorKind.PEER,
-                               transfer_url="http://127.0.0.1:9001"),
-        catalog=lambda: [IMAGE], limits=DonorLimits(capacity=2, jitter=0.05),
-        codec=Codec(KEY), rng=random.Random(1))
-    recipient = RecipientSession(
-        identity=RecipientIdentity(node_id="rcp-1", target="bios", machine_name="board-a",
-                                   installed_version=None, security_version=0,
-                                   min_security_version=3),
-        timers=FAST, policy=get_policy("newest"), codec=Codec(KEY), rng=random.Random(2))
+    donor, recipient = _donor_and_recipient()
     async with SessionDriver(donor, donor_link), \
             SessionDriver(recipient, recipient_link) as driver:
         assert donor_link.nats.connected and not recipient_link.nats.connected
