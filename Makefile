@@ -55,10 +55,11 @@ clean:
 
 # Coverage-guided fuzzing (atheris) of every parser of outside input: FUZZ_SECONDS per
 # target (docs/reliability.md); prints executions and crashes per target.
-FUZZ_SECONDS ?= 150
+FUZZ_SECONDS ?= 600
+FUZZ_EXECS ?= 1000000
 .PHONY: fuzz
 fuzz: venv
-	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) --execs $(FUZZ_EXECS)
 
 # Soaks with figures (docs/reliability.md): SOAK_CUTS seeded power cuts on a 16 MiB
 # image (single/dual bank, DC-off/DC-on, chip ops and state writes) in parallel workers,
