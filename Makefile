@@ -53,9 +53,9 @@ $(VENV)/.installed: pyproject.toml
 clean:
 	rm -rf $(VENV) build dist demo-out src/*.egg-info
 
-# Coverage-guided fuzzing (atheris) of every parser of outside input: FUZZ_SECONDS per
-# target (docs/reliability.md); prints executions and crashes per target.
-FUZZ_SECONDS ?= 600
+# Coverage-guided fuzzing (atheris) of every parser of outside input, nproc targets at once,
+# each to FUZZ_EXECS or FUZZ_SECONDS (docs/reliability.md); prints execs and crashes.
+FUZZ_SECONDS ?= 900
 FUZZ_EXECS ?= 1000000
 .PHONY: fuzz
 fuzz: venv

@@ -3,7 +3,7 @@
 Each target runs in its own process (libFuzzer exits when it stops), ``--jobs`` of them
 at once (default: the usable cores), until it reached ``--execs`` executions (default
 ``$FUZZ_EXECS`` or 1,000,000) or ran ``--seconds`` (a cap per target, default
-``$FUZZ_SECONDS`` or 600), so a run takes at most about ``ceil(targets / jobs) *
+``$FUZZ_SECONDS`` or 900), so a run takes at most about ``ceil(targets / jobs) *
 seconds``. Each starts from the seed corpus in the repo
 (``fuzz/corpus/<target>/``, read only) plus a working corpus under ``--workdir``
 (``fuzz-out/``, where new inputs and crash artifacts go). At the end one line per
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_SECONDS = 600
+DEFAULT_SECONDS = 900
 DEFAULT_EXECS = 1_000_000
 #: targets that take longest to reach the goal: started first
 _SLOW = ("config", "redfish", "package", "openbmc")
