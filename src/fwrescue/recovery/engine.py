@@ -204,7 +204,7 @@ class RecoveryEngine(PowerGuard):
             size = verified.manifest.size
             if size != self._flash.size:  # an image must cover the whole region (see _fits)
                 continue
-            if self._flash_digest(size) == verified.manifest.sha256:
+            if Verifier.image_matches(verified, self._flash_digest(size)):
                 if installed is None:
                     self._journal.set_installed(verified.signed.raw)
                 return Integrity(True, "flash matches the signed image", verified)
@@ -519,7 +519,7 @@ class RecoveryEngine(PowerGuard):
                 self._note("flashed", attempt=attempt, erased=report.erase_count,
                            programmed=report.bytes_programmed, skipped=report.skipped_bytes)
                 digest = await asyncio.to_thread(self._flash_digest, verified.manifest.size)
-                if digest != verified.manifest.sha256:
+                if not Verifier.image_matches(verified, digest):
                     raise FlashError("read-back does not match the signed digest")
                 self._note("read-back verified", sha256=digest)
                 return
