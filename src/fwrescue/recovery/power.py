@@ -147,5 +147,4 @@ class PowerGuard:
             return
         self._events(OperationEvent(
             op_id=op_id, kind="recovery", target=self.settings.target,
-            state=OperationState.COMPLETED, phase=Phase.RECOVERED.value, percent=100,
-            message=message))
+            state=OperationState.COMPLETED, phase=Phase.RECOVERED.value, message=message))
