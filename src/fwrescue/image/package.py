@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 from fwrescue.atomicfile import atomic_replace, commit_file
 from fwrescue.errors import ConfigError, PackageError, SizeLimitExceeded
+from fwrescue.trust.digests import digests_match
 from fwrescue.trust.keys import SigningKey
 from fwrescue.trust.manifest import MAX_IMAGE_SIZE, MAX_MANIFEST_BYTES, Manifest, SignedManifest
 from fwrescue.trust.verifier import VerifiedManifest, Verifier
@@ -126,7 +127,7 @@ def write_package(out: Path, manifest_raw: bytes, image: Path, *,
                 copied += len(block)
             if src.read(1):
                 raise PackageError("image grew while packaging", path=str(image))
-        if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+        if expected_sha256 is not None and not digests_match(digest.hexdigest(), expected_sha256):
             raise PackageError("image changed while packaging", path=str(image))
         f.write(b"\0" * (_padded(size) - size + 2 * _BLOCK))  # padding + end of archive
 
