@@ -28,8 +28,9 @@ from pydantic import (
 
 from fwrescue.errors import ConfigError
 
-#: every TOML table: unknown keys are errors; scalars are strict per field (Strict* types)
-TABLE = ConfigDict(extra="forbid")
+#: every TOML table: unknown keys are errors; scalars are strict per field (Strict* types);
+#: models build their validators on first use, not at import
+TABLE = ConfigDict(extra="forbid", defer_build=True)
 
 # --- named limits ---------------------------------------------------------------------------
 MAX_TARGETS = 64            # [[targets]] tables in one agent

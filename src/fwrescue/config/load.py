@@ -72,7 +72,7 @@ class _Agent(BaseModel):
 class _Policy(BaseModel):
     """``[policy]``: a name; every other key is an option of that policy."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     name: StrictStr = "newest"
 
