@@ -146,6 +146,8 @@ NATS_URLS = ", ".join(f'"nats://10.0.0.{i}:4222"' for i in range(17))
      "redfish.ssdp_group must be an IPv4 multicast address", {"value": "ff02::c"}),
     (('path = "bios.img"', 'path = "bios\\u0000.img"'),  # was a ValueError from resolve()
      "targets[0].flash.path is not a usable path", {"detail": "embedded null byte"}),
+    (('boot_timeout = 5', 'boot_timeout = 1' + '0' * 400),  # was an OverflowError
+     "targets[0].host.boot_timeout has the wrong type", {"expected": "number"}),
 ])
 def test_errors_name_the_key_path_the_fault_and_the_limit(
         tmp_path: Path, edit: tuple[str, str], message: str, fields: dict[str, object]) -> None:

@@ -83,7 +83,7 @@ class _File(BaseModel):
     model_config = TABLE
 
     agent: _Agent
-    policy: _Policy = _Policy()
+    policy: _Policy = Field(default_factory=_Policy)
     network: NetworkSettings = NetworkSettings()
     transport: TransportSettings = TransportSettings()
     timers: TimerSettings = TimerSettings()
