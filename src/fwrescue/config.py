@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fwrescue.errors import ConfigError
+from fwrescue.trust.transfer_tls import check_identity
 
 __all__ = [
     "AgentConfig",
@@ -27,10 +28,12 @@ __all__ = [
     "RedfishSettings",
     "TargetConfig",
     "TimerSettings",
+    "TlsSettings",
     "TransportSettings",
     "load_config",
     "parse_config",
     "parse_network",
+    "parse_tls",
     "parse_transport_file",
     "read_fleet_key",
     "subject_token",
@@ -137,6 +140,51 @@ class TransportSettings:
     connection_name: str | None = None
 
 
+# --- [tls] / [transfer]: the transfer plane's mutual TLS (docs/transfer.md, "Transfer
+# security"). One block: a dataclass and its parse function. -----------------------------
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """``[tls]``: this node's fleet-CA identity for the transfer plane (absolute paths)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def parse_tls(tls: Mapping[str, Any] | None, transfer: Mapping[str, Any] | None,
+              base: Path, node_id: str) -> TlsSettings | None:
+    """``[tls]`` (paths relative to ``base``) checked as ``node_id``'s identity, or None
+    when ``[transfer] plain_http = true``. Exactly one of the two; ConfigError otherwise
+    (each file problem its own, see :func:`fwrescue.trust.transfer_tls.check_identity`)."""
+    t = _Section(transfer or {}, "transfer")
+    plain = t.get_bool("plain_http", False)
+    t.done()
+    if tls is None:
+        if not plain:
+            raise ConfigError("the transfer plane needs [tls] ca, cert and key (a fleet-CA "
+                              "certificate for this node: fwrescue fleet-ca issue), or "
+                              "[transfer] plain_http = true to transfer in the clear")
+        return None
+    if plain:
+        raise ConfigError("[tls] and [transfer] plain_http = true exclude each other")
+    s = _Section(tls, "tls")
+    paths = {}
+    for key in ("ca", "cert", "key"):
+        value = s.get_str(key)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"tls.{key} is required (a PEM file path)")
+        paths[key] = (base / value).resolve()
+    s.done()
+    settings = TlsSettings(**paths)
+    check_identity(settings.ca, settings.cert, settings.key, node_id)
+    return settings
+
+
+# --- end of the [tls] block -------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class NetworkSettings:
     group: str = "239.255.77.77"
@@ -149,6 +197,9 @@ class NetworkSettings:
     # From the top-level [transport] table; kept here so every open_link() caller (the
     # recipient, the donor service, the console) gets it without a new parameter.
     transport: TransportSettings = TransportSettings()
+    # From [tls] (the same reason): this node's transfer-plane identity; None = plain HTTP
+    # (a config file must say so: [transfer] plain_http = true).
+    tls: TlsSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -593,8 +644,10 @@ def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
     targets = tuple(_target(t, base, i) for i, t in enumerate(targets_raw))
     if len({t.name for t in targets}) != len(targets):
         raise ConfigError("target names must be unique")
+    node_id = _identifier(agent.get_str("node_id"), "agent.node_id")
+    tls = parse_tls(root.raw("tls"), root.raw("transfer"), base, node_id)
     config = AgentConfig(
-        node_id=_identifier(agent.get_str("node_id"), "agent.node_id"),
+        node_id=node_id,
         machine_name=_identifier(agent.get_str("machine_name"), "agent.machine_name"),
         state_dir=agent.path("state_dir", base, "state") or base / "state",
         trust=tuple((base / t).resolve() for t in trust),
@@ -604,7 +657,8 @@ def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
         policy=policy_name,
         policy_options=policy_options,
         network=dataclasses.replace(_network(root.table("network"), base),
-                                    transport=_transport(root.table("transport"), base)),
+                                    transport=_transport(root.table("transport"), base),
+                                    tls=tls),
         timers=_timers(root.table("timers")),
         donor=_donor(root.table("donor")),
         targets=targets,
