@@ -316,7 +316,7 @@ async def _tls_vs_plain(args: argparse.Namespace) -> None:
             finally:
                 await plain_server.stop()
                 await tls_server.stop()
-    print(f"TLS vs plain (mutual TLS 1.3, EC P-256; best of {args.rounds} raw, 1 shaped)")
+    print(f"TLS vs plain (mutual TLS, EC P-256 certificates; best of {args.rounds} raw, 1 shaped)")
     print(f"{'transfer':<44} {'plain MiB/s':>11} {'TLS MiB/s':>10} {'TLS/plain':>9}")
     for name, plain_mibs, tls_mibs, ratio in rows:
         print(f"{name:<44} {plain_mibs:>11.1f} {tls_mibs:>10.1f} {ratio:>9.2f}")
