@@ -52,7 +52,7 @@ async def run(recipients: int, root: Path, network: NetworkSettings,
         corrupt_node(node)
     assert plan.console_repo is not None
     console = ConsoleDonor(repo=plan.console_repo, trust=plan.root / "trust",
-                           state_dir=plan.root / "console", network=network,
+                           state_dir=plan.root / "console", network=plan.network,
                            settings=DonorSettings(max_uploads=16, rate_limit_bps=LINK_BPS))
     acked: dict[str, float] = {}
 

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fwrescue.sim.virtual.cli import register_sim_commands
 
     register_sim_commands(subparsers)
+    from fwrescue.trust.fleet_ca_cli import register_fleet_ca_commands
+
+    register_fleet_ca_commands(subparsers)
     return parser
 
 

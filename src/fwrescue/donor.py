@@ -13,6 +13,10 @@ chunks of it. It feeds the REPORTs it overhears to the responder's circuit break
 keeps the images it withheld in :attr:`DonorService.withheld`; ``on_withheld``
 callbacks hear of each as it happens. :meth:`DonorService.send_report` sends this
 node's own REPORT through the same link.
+
+With ``network.tls`` the transfer server speaks mutual TLS with this node's fleet-CA
+certificate (checked to name ``donor_id`` at construction) and each token is bound to
+the recipient its ACK went to (docs/transfer.md, "Transfer security").
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from fwrescue.transfer.server import TransferServer, TransferServerSettings
 from fwrescue.transfer.tokens import TokenRegistry
 from fwrescue.transport.link import Link, open_link
 from fwrescue.transport.udp import SessionDriver
+from fwrescue.trust.transfer_tls import check_identity, server_context
 
 __all__ = ["PEER_SEEN_S", "DonorService", "DonorStats", "codec_for"]
 
@@ -86,11 +91,15 @@ class DonorService:
         self.served = DonorCatalog(store, partial)
         # Token holders admitted: each waits its turn for one of max_uploads body slots.
         self._holders = max(settings.max_holders, settings.max_uploads)
+        tls = network.tls
+        if tls is not None:
+            check_identity(tls.ca, tls.cert, tls.key, donor_id)
+        ssl_context = server_context(tls.ca, tls.cert, tls.key) if tls is not None else None
         self.server = TransferServer(self.served, self.tokens, TransferServerSettings(
             max_uploads=settings.max_uploads, queue_wait_s=settings.upload_queue_s,
             max_queued=self._holders if settings.upload_queue_s > 0 else 0,
             rate_limit_bps=settings.rate_limit_bps or None), servables=self.served,
-            admit_image=self._admits)
+            admit_image=self._admits, ssl_context=ssl_context)
         self.withheld: dict[str, ImageWithheld] = {}
         self.on_withheld: list[Callable[[ImageWithheld], None]] = []
         self._report_codec = codec_for(network)
@@ -180,7 +189,7 @@ class DonorService:
             self.stats.reservations += 1
             self.tokens.grant(event.token, image_sha256=event.image_sha256,
                               manifest_digest=event.manifest_digest,
-                              expires_at=event.expires_at)
+                              expires_at=event.expires_at, recipient_id=event.recipient_id)
             log.info("%s: reserved a transfer of %s for %s", self._donor_id,
                      event.image_sha256[:12], event.recipient_id)
         elif isinstance(event, ReservationEnded):

@@ -38,6 +38,9 @@ def register_run_commands(subparsers: Any) -> None:
     donor.add_argument("--transport-config", type=Path, default=None,
                        help="a TOML file whose [transport] table puts the console on NATS "
                             "(e.g. a site's leaf node); see docs/operations.md")
+    from fwrescue.trust.fleet_ca_cli import add_transfer_tls_arguments
+
+    add_transfer_tls_arguments(donor)
     donor.set_defaults(func=_cmd_donor)
 
     demo = subparsers.add_parser("demo", help="a simulated fleet recovering corrupted BIOSes")
@@ -91,10 +94,13 @@ def _cmd_donor(args: argparse.Namespace) -> int:
         "transfer_port": args.transfer_port,
         "fleet_key_file": str(args.fleet_key_file) if args.fleet_key_file else None,
     }
-    network = parse_network({k: v for k, v in settings.items() if v is not None}, Path.cwd())
-    if args.transport_config is not None:
-        import dataclasses
+    import dataclasses
 
+    from fwrescue.trust.fleet_ca_cli import transfer_tls_from_args
+
+    network = parse_network({k: v for k, v in settings.items() if v is not None}, Path.cwd())
+    network = dataclasses.replace(network, tls=transfer_tls_from_args(args, args.id))
+    if args.transport_config is not None:
         from fwrescue.config import parse_transport_file
 
         network = dataclasses.replace(network,

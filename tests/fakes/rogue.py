@@ -31,6 +31,7 @@ from fwrescue.image.package import build_package
 from fwrescue.image.store import PackageStore, StoredImage
 from fwrescue.protocol.donor import OfferableImage
 from fwrescue.protocol.messages import DonorKind
+from fwrescue.sim.fleet import member_network
 from fwrescue.trust.keys import SigningKey, generate_keypair
 from fwrescue.trust.manifest import SignedManifest
 from fwrescue.trust.verifier import VerifiedManifest, sha256_file
@@ -86,7 +87,10 @@ class RogueDonor(DonorService):
 
     def __init__(self, *, donor_id: str, store: PackageStore, network: NetworkSettings,
                  claim: Claim, kind: DonorKind = DonorKind.PEER) -> None:
-        super().__init__(donor_id=donor_id, kind=kind, store=store, network=network,
+        # A rogue is a compromised fleet member: in a TLS fleet it holds a genuine
+        # certificate for its own id (TLS authenticates carriers, not their bytes).
+        super().__init__(donor_id=donor_id, kind=kind, store=store,
+                         network=member_network(network, donor_id),
                          settings=DonorSettings(max_uploads=4, lease_s=30.0),
                          rng=random.Random(hash(donor_id)))
         self.claim = claim

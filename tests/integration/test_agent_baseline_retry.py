@@ -64,8 +64,8 @@ async def test_failed_baseline_update_is_retried_with_bounded_backoff(tmp_path: 
 
         # the release is published (a second repository donor): the next retry installs it
         donor = ConsoleDonor(repo=tmp_path / "later-repo", trust=[plan.root / "trust"],
-                             state_dir=tmp_path / "later-donor", network=plan.network,
-                             donor_id="later")
+                             state_dir=tmp_path / "later-donor",
+                             network=plan.network_for("later"), donor_id="later")
         await donor.start()
         try:
             await wait_for(lambda: agent.fleet_policy.outcomes.get("bios") == (

@@ -77,6 +77,9 @@ async def test_console_killed_mid_write_restarts_consistent(tmp_path: Path) -> N
                    str(state), "--trust", str(plan.root / "trust"), "--listen",
                    "127.0.0.1:0", "--poll", "0.02", "--group", plan.network.group,
                    "--port", str(plan.network.port)]
+        tls = plan.tls_for("console")
+        command += (["--tls-ca", str(tls.ca), "--tls-cert", str(tls.cert), "--tls-key",
+                     str(tls.key)] if tls is not None else ["--plain-http"])
         for agent in agents:
             command += ["--agent", f"{agent.redfish_url},admin,{AGENT_PASSWORD}"]
         seen = 0

@@ -29,7 +29,7 @@ async def test_recovery_writes_the_inactive_bank_and_switches_last(tmp_path: Pat
     config = replace(node.config, targets=(replace(node.config.targets[0], flash=flash),))
     assert plan.console_repo is not None
     console = ConsoleDonor(repo=plan.console_repo, trust=plan.root / "trust",
-                           state_dir=tmp_path / "console", network=network)
+                           state_dir=tmp_path / "console", network=plan.network)
     await console.start()
     agent = Agent(config)
     try:

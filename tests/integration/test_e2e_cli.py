@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fwrescue.protocol.policy import version_key
+from fwrescue.trust.transfer_tls import client_context
 
 FWRESCUE = Path(sys.executable).with_name("fwrescue")
 NODE_KEYS = {"id", "board", "corrupted", "recovered", "booted", "donor", "donor_kind",
@@ -37,7 +38,7 @@ def test_make_demo_defaults_recover_every_corrupted_node(tmp_path: Path) -> None
     for node in nodes:
         assert set(node) >= NODE_KEYS, NODE_KEYS - set(node)
         assert node["booted"] is True
-        assert node["http_url"].startswith("http://127.0.0.1:")
+        assert node["http_url"].startswith("https://127.0.0.1:")  # mutual TLS by default
         assert isinstance(node["seconds"], int | float) and node["seconds"] >= 0
         assert node["version_after"] in ("1.0.0", "1.1.0")
         if node["corrupted"]:
@@ -70,10 +71,15 @@ def test_demo_hold_writes_json_then_keeps_serving_until_sigterm(tmp_path: Path) 
         report = _wait_for_report(report_path, proc)
         assert report["ok"] is True
         url = report["nodes"][0]["http_url"]
-        assert url.startswith("http://127.0.0.1:")
+        assert url.startswith("https://127.0.0.1:")
+        fleet = tmp_path / "fleet"  # a fleet member's certificate opens the TLS session
+        tls = client_context(fleet / "fleet-ca" / "ca.pem", fleet / "tls" / "node-02.pem",
+                             fleet / "tls" / "node-02.key")
+        tls.check_hostname = False  # any fleet member will do here
         status = 0
         try:
-            with urllib.request.urlopen(f"{url}/manifests/{'0' * 64}", timeout=10):
+            with urllib.request.urlopen(f"{url}/manifests/{'0' * 64}", timeout=10,
+                                        context=tls):
                 pass
         except urllib.error.HTTPError as e:
             status = e.code

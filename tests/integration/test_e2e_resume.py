@@ -18,7 +18,7 @@ from fwrescue.agent import Agent
 from fwrescue.config import NetworkSettings, TimerSettings
 from fwrescue.console.donor import ConsoleDonor
 from fwrescue.recovery.ports import OperationEvent
-from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node
+from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node, tls_toml
 from tests.fakes.rogue import isolated_network
 
 FWRESCUE = Path(sys.executable).with_name("fwrescue")
@@ -28,14 +28,16 @@ POLL = 0.02  # seconds between looks at files another process writes
 DONOR = """
 import asyncio, signal, sys
 from pathlib import Path
-from fwrescue.config import DonorSettings, NetworkSettings
+from fwrescue.config import DonorSettings, NetworkSettings, TlsSettings
 from fwrescue.console.donor import ConsoleDonor
 
 repo, trust, state, donor_id, group, port, rate = sys.argv[1:8]
+tls = TlsSettings(*map(Path, sys.argv[8:11])) if len(sys.argv) > 8 else None
 
 async def main():
     donor = ConsoleDonor(repo=Path(repo), trust=Path(trust), state_dir=Path(state),
-                         network=NetworkSettings(group=group, port=int(port)), donor_id=donor_id,
+                         network=NetworkSettings(group=group, port=int(port), tls=tls),
+                         donor_id=donor_id,
                          settings=DonorSettings(max_uploads=4, rate_limit_bps=int(rate)))
     await donor.start()
     print(donor.transfer_url, flush=True)
@@ -67,14 +69,17 @@ def _processes() -> Iterator[list[subprocess.Popen[Any]]]:
 def _start_donor(procs: list[subprocess.Popen[Any]], plan: FleetPlan, root: Path, donor_id: str,
                  rate: int) -> subprocess.Popen[Any]:
     assert plan.console_repo is not None
+    tls = plan.tls_for(donor_id)
+    tls_args = [str(tls.ca), str(tls.cert), str(tls.key)] if tls is not None else []
     proc = subprocess.Popen(
         [sys.executable, "-c", DONOR, str(plan.console_repo), str(plan.root / "trust"),
-         str(root / donor_id), donor_id, plan.network.group, str(plan.network.port), str(rate)],
+         str(root / donor_id), donor_id, plan.network.group, str(plan.network.port), str(rate),
+         *tls_args],
         stdout=subprocess.PIPE, text=True)
     procs.append(proc)
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()  # bounded: the donor prints at once or exits
-    assert url.startswith("http://127.0.0.1:"), f"donor {donor_id} did not start"
+    assert url.startswith("https://127.0.0.1:"), f"donor {donor_id} did not start"
     return proc
 
 
@@ -169,6 +174,7 @@ machine_name = "{cfg.machine_name}"
 state_dir = "{cfg.state_dir}"
 trust = ["{cfg.trust[0]}"]
 
+{tls_toml(cfg.network.tls)}
 [network]
 group = "{network.group}"
 port = {network.port}

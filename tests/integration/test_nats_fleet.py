@@ -14,7 +14,7 @@ import fwrescue.agent
 from fwrescue.agent import Agent
 from fwrescue.config import NetworkSettings, TimerSettings, TransportSettings
 from fwrescue.console.donor import ConsoleDonor
-from fwrescue.sim.fleet import build_fleet, corrupt_node
+from fwrescue.sim.fleet import build_fleet, corrupt_node, tls_toml
 from fwrescue.sim.nats_cluster import NatsCluster
 from fwrescue.transport.link import Link
 from fwrescue.transport.nats import NatsLink
@@ -53,7 +53,7 @@ async def test_recovery_completes_when_the_recipients_nats_node_is_sigkilled(
     monkeypatch.setattr(fwrescue.agent, "open_link", spy_open_link)
     assert plan.console_repo is not None
     console = ConsoleDonor(repo=plan.console_repo, trust=plan.root / "trust",
-                           state_dir=plan.root / "console", network=network)
+                           state_dir=plan.root / "console", network=plan.network)
     await console.start()
     agents = [Agent(n.config) for n in plan.nodes]
     try:
@@ -130,11 +130,14 @@ async def test_console_donor_process_on_a_sites_leaf_node_via_transport_config(
     transport.write_text(f'[transport]\nkind = "nats"\nnats_servers = [{urls}]\n'
                          'site = "lab"\nmulticast_fallback = false\n')
     assert plan.console_repo is not None
+    tls = plan.tls_for("console")
+    assert tls is not None
     console = subprocess.Popen(
         [str(Path(sys.executable).with_name("fwrescue")), "donor", "--repo",
          str(plan.console_repo), "--trust", str(plan.root / "trust"), "--state",
          str(tmp_path / "console"), "--group", network.group, "--port", str(network.port),
-         "--transport-config", str(transport)], stdout=subprocess.PIPE, text=True)
+         "--transport-config", str(transport), "--tls-ca", str(tls.ca), "--tls-cert",
+         str(tls.cert), "--tls-key", str(tls.key)], stdout=subprocess.PIPE, text=True)
     try:
         assert console.stdout is not None
         assert "console donor console serving" in console.stdout.readline()
@@ -174,6 +177,7 @@ machine_name = "{node.board}"
 state_dir = "{node.config.state_dir}"
 trust = ["{plan.root / 'trust'}"]
 
+{tls_toml(node.config.network.tls)}
 [transport]
 kind = "nats"
 nats_servers = ["{cluster.urls[0]}"]

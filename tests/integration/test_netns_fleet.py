@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from fwrescue.config import TimerSettings
-from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node
+from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node, tls_toml
 from fwrescue.sim.nats_cluster import NatsCluster
 from tests.fakes.rogue import isolated_network
 from tests.netns import NATS_HOSTS, Host, Impairment, Lab, is_root
@@ -58,6 +58,7 @@ machine_name = "{cfg.machine_name}"
 state_dir = "{cfg.state_dir}"
 trust = ["{cfg.trust[0]}"]
 
+{tls_toml(cfg.network.tls)}
 [network]
 group = "{plan.network.group}"
 port = {plan.network.port}

@@ -24,6 +24,9 @@ pinned_version = "1.2.0"
 [network]
 port = 17777
 
+[transfer]
+plain_http = true
+
 [[targets]]
 name = "bios"
 flash = { kind = "file", path = "bios.img" }
@@ -80,11 +83,18 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[agent\n"))
 
 
-def test_the_shipped_example_config_loads_and_its_sources_build() -> None:
+def test_the_shipped_example_config_loads_and_its_sources_build(tmp_path: Path) -> None:
     from fwrescue.sources.ladder import build_sources
+    from fwrescue.trust.fleet_ca_cli import init_ca, issue_node
 
-    example = Path(__file__).resolve().parents[2] / "examples" / "agent.toml"
+    shipped = Path(__file__).resolve().parents[2] / "examples" / "agent.toml"
+    example = tmp_path / "agent.toml"  # beside the certificates its [tls] names
+    example.write_text(shipped.read_text())
+    init_ca(tmp_path / "fleet-ca")
+    issue_node(tmp_path / "fleet-ca", "bmc-r1-07", tmp_path / "tls" / "bmc-r1-07")
     config = load_config(example)
+    assert config.network.tls is not None
+    assert config.network.tls.cert == (tmp_path / "tls" / "bmc-r1-07.pem").resolve()
     assert [t.name for t in config.targets] == ["bios", "cpld"]
     assert config.redfish.enabled and config.redfish.users[1][2] == "ReadOnly"
     sources = build_sources(list(config.targets[0].sources))

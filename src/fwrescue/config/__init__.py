@@ -16,6 +16,7 @@ from fwrescue.config.load import (
     load_config,
     parse_config,
     parse_network,
+    parse_tls,
     parse_transport_file,
 )
 from fwrescue.config.settings import (
@@ -28,6 +29,8 @@ from fwrescue.config.settings import (
     RedfishUser,
     TargetConfig,
     TimerSettings,
+    TlsSettings,
+    TransferSettings,
     TransportSettings,
 )
 
@@ -43,11 +46,14 @@ __all__ = [
     "RedfishUser",
     "TargetConfig",
     "TimerSettings",
+    "TlsSettings",
+    "TransferSettings",
     "TransportSettings",
     "check_transport",
     "load_config",
     "parse_config",
     "parse_network",
+    "parse_tls",
     "parse_transport_file",
     "read_fleet_key",
     "subject_token",

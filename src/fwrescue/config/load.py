@@ -44,9 +44,12 @@ from fwrescue.config.settings import (
     RedfishSettings,
     TargetConfig,
     TimerSettings,
+    TlsSettings,
+    TransferSettings,
     TransportSettings,
 )
 from fwrescue.errors import ConfigError
+from fwrescue.trust.transfer_tls import check_identity
 
 T = TypeVar("T")
 _TOKEN = re.compile(TOKEN_PATTERN)
@@ -90,6 +93,8 @@ class _File(BaseModel):
     donor: DonorSettings = DonorSettings()
     targets: Annotated[tuple[TargetConfig, ...], Field(min_length=1, max_length=MAX_TARGETS)]
     redfish: RedfishSettings = RedfishSettings()
+    tls: TlsSettings | None = None
+    transfer: TransferSettings = TransferSettings()
 
 
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}  # built on first use (schema building costs)
@@ -164,12 +169,29 @@ def _check_file(f: _File) -> None:
         raise ConfigError("agent.baseline_retry_max_s must be >= baseline_retry_initial_s")
 
 
+def _tls_rule(tls: TlsSettings | None, transfer: TransferSettings,
+              node_id: str) -> TlsSettings | None:
+    """Exactly one of ``[tls]`` (checked as ``node_id``'s fleet-CA identity) and
+    ``[transfer] plain_http = true``; None for the latter."""
+    if tls is None:
+        if not transfer.plain_http:
+            raise ConfigError("the transfer plane needs [tls] ca, cert and key (a fleet-CA "
+                              "certificate for this node: fwrescue fleet-ca issue), or "
+                              "[transfer] plain_http = true to transfer in the clear")
+        return None
+    if transfer.plain_http:
+        raise ConfigError("[tls] and [transfer] plain_http = true exclude each other")
+    check_identity(tls.ca, tls.cert, tls.key, node_id)
+    return tls
+
+
 # --- the public entry points -------------------------------------------------------------------
 def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
     """Build an AgentConfig from parsed TOML (paths relative to ``base``); ConfigError on
     any bad or unknown key."""
     f = _validate(_File, dict(data), base)
     _check_file(f)
+    tls = _tls_rule(f.tls, f.transfer, f.agent.node_id)
     a = f.agent
     return AgentConfig(
         node_id=a.node_id, machine_name=a.machine_name, state_dir=a.state_dir,
@@ -178,13 +200,22 @@ def parse_config(data: Mapping[str, Any], base: Path) -> AgentConfig:
         baseline_retry_initial_s=a.baseline_retry_initial_s,
         baseline_retry_max_s=a.baseline_retry_max_s,
         policy=f.policy.name, policy_options=dict(f.policy.model_extra or {}),
-        network=dataclasses.replace(f.network, transport=f.transport),
+        network=dataclasses.replace(f.network, transport=f.transport, tls=tls),
         timers=f.timers, donor=f.donor, targets=f.targets, redfish=f.redfish)
 
 
 def parse_network(data: Mapping[str, Any], base: Path) -> NetworkSettings:
     """Validate a ``[network]`` table on its own (the console donor's command line)."""
     return _validate(NetworkSettings, dict(data), base, ("network",))
+
+
+def parse_tls(tls: Mapping[str, Any] | None, transfer: Mapping[str, Any] | None,
+              base: Path, node_id: str) -> TlsSettings | None:
+    """``[tls]`` and ``[transfer]`` on their own (a donor command's flags): the checked
+    identity, or None for explicit plain HTTP; ConfigError as in an agent file."""
+    settings = None if tls is None else _validate(TlsSettings, dict(tls), base, ("tls",))
+    return _tls_rule(settings, _validate(TransferSettings, dict(transfer or {}), base,
+                                         ("transfer",)), node_id)
 
 
 def _read_toml(path: Path, what: str) -> dict[str, Any]:

@@ -82,6 +82,27 @@ class TransportSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """``[tls]``: this node's fleet-CA identity for the transfer plane (docs/transfer.md,
+    "Transfer security"); paths resolve against the config file's folder."""
+
+    __pydantic_config__ = TABLE
+
+    ca: RelPath
+    cert: RelPath
+    key: RelPath
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """``[transfer]``: ``plain_http = true`` is the only way to transfer in the clear."""
+
+    __pydantic_config__ = TABLE
+
+    plain_http: StrictBool = False
+
+
+@dataclass(frozen=True)
 class NetworkSettings:
     """``[network]``: the multicast group, the transfer endpoint, the fleet key."""
 
@@ -98,6 +119,9 @@ class NetworkSettings:
     # recipient, the donor service, the console) gets it without a new parameter.
     transport: Annotated[TransportSettings, not_in_this_table("the [transport] table")] = (
         TransportSettings())
+    # From [tls] (the same reason): this node's transfer-plane identity; None = plain HTTP
+    # (a config file must say so: [transfer] plain_http = true).
+    tls: Annotated[TlsSettings | None, not_in_this_table("the [tls] table")] = None
 
 
 @dataclass(frozen=True)

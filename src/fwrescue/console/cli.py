@@ -62,6 +62,9 @@ def register_console_commands(subparsers: Any) -> None:
     p.add_argument("--transfer-port", type=int, default=0)
     p.add_argument("--fleet-key-file", type=Path, default=None)
     p.add_argument("--id", default="console")
+    from fwrescue.trust.fleet_ca_cli import add_transfer_tls_arguments
+
+    add_transfer_tls_arguments(p)  # the repository donor's transfer plane (with --repo)
     p.add_argument("--json", action="store_true", help="status: print JSON")
     p.set_defaults(func=_cmd_console)
 
@@ -135,6 +138,12 @@ def _cmd_console(args: argparse.Namespace) -> int:
     }
     network = parse_network({k: v for k, v in settings_map.items() if v is not None},
                             Path.cwd())
+    if args.repo is not None:
+        import dataclasses
+
+        from fwrescue.trust.fleet_ca_cli import transfer_tls_from_args
+
+        network = dataclasses.replace(network, tls=transfer_tls_from_args(args, args.id))
     accounts: tuple[tuple[str, str, str], ...] = ()
     password_file = args.state / "admin-password"
     if not password_file.exists():

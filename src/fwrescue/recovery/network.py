@@ -42,6 +42,7 @@ from fwrescue.transfer.partial import PartialImages
 from fwrescue.transfer.staging import StagedImage, StagingArea
 from fwrescue.transfer.swarm import SwarmLimits
 from fwrescue.transport.link import Link, open_link
+from fwrescue.trust.transfer_tls import client_context
 from fwrescue.trust.verifier import Verifier
 
 __all__ = ["NetworkRecovery", "SwarmSettings"]
@@ -158,8 +159,12 @@ class NetworkRecovery:
 
     async def fetch(self, request: FetchRequest, log_event: TranscriptLog,
                     progress: Callable[[int, int], None]) -> Located:
-        async with aiohttp.ClientSession() as http:
-            fetcher = ImageFetcher(http, limits=self._limits, ingress=self._ingress)
+        tls = self._network.tls
+        connector = aiohttp.TCPConnector(
+            ssl=client_context(tls.ca, tls.cert, tls.key) if tls is not None else True)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            fetcher = ImageFetcher(http, limits=self._limits, ingress=self._ingress,
+                                   require_tls=tls is not None)
             run = SwarmRun(self, request, fetcher, log_event, progress)
             try:
                 async with asyncio.timeout(self._deadline_s):

@@ -272,7 +272,8 @@ class SwarmRun:
         manifest_at_fault = False
         try:
             raw = await self._fetcher.fetch_manifest(offer.transfer_url,
-                                                     offer.manifest_digest, token)
+                                                     offer.manifest_digest, token,
+                                                     donor_id=offer.donor_id)
             manifest_at_fault = addressed(raw, offer.manifest_digest)
             verified = verifier.verify_manifest(
                 raw, target=request.target, machine_name=request.machine_name,
@@ -328,7 +329,8 @@ class SwarmRun:
         if offer.held is not None:
             try:
                 have = await self._fetcher.fetch_have_map(offer.transfer_url, token,
-                                                          self._verified)
+                                                          self._verified,
+                                                          donor_id=offer.donor_id)
             except TransferError as e:
                 self._fail_slot(slot, f"have-map: {e}")
                 return
@@ -368,7 +370,8 @@ class SwarmRun:
 
         try:
             await self._fetcher.fetch_chunks(offer.transfer_url, token, verified, req.first,
-                                             req.last, deliver, on_bytes)
+                                             req.last, deliver, on_bytes,
+                                             donor_id=offer.donor_id)
         except asyncio.CancelledError:
             self._abandon(progress[0] if progress[1] else None)
             raise
@@ -469,7 +472,8 @@ class SwarmRun:
                 return
             have: list[int] | BaseException
             try:
-                have = await self._fetcher.fetch_have_map(offer.transfer_url, token, verified)
+                have = await self._fetcher.fetch_have_map(offer.transfer_url, token, verified,
+                                                          donor_id=offer.donor_id)
             except TransferError as e:
                 have = e
             self._queue.put_nowait(("have", slot, (offer.donor_id, have)))
@@ -519,7 +523,8 @@ class SwarmRun:
         if offer is not None and token is not None and verified is not None \
                 and offer.held is not None:
             try:
-                have = await self._fetcher.fetch_have_map(offer.transfer_url, token, verified)
+                have = await self._fetcher.fetch_have_map(offer.transfer_url, token, verified,
+                                                          donor_id=offer.donor_id)
             except TransferError as e:
                 have = e
         self._queue.put_nowait(("unchoke", slot, donor_id, have))

@@ -1,7 +1,10 @@
 """Build a simulated fleet on disk: a release key, signed firmware per board, BMC state.
 
 Each node gets a folder with its flash (a raw chip file), its BMC state (trust
-store, package store, installed-image record) and an :class:`AgentConfig`.
+store, package store, installed-image record) and an :class:`AgentConfig`. With ``tls``
+(the default) the fleet gets one fleet CA (``fleet-ca/``) and every node a certificate
+for its id, so transfers run over mutual TLS; ``plan.network`` carries the console's
+identity (``console``), each node's config its own. ``tls=False`` is a plain-HTTP fleet.
 :func:`corrupt_node` then damages a node the way the field does: the reset-vector
 end of its BIOS is overwritten and the BMC's own copy of the image is lost, so
 only the network can heal it.
@@ -9,6 +12,7 @@ only the network can heal it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -24,18 +28,20 @@ from fwrescue.config import (
     RedfishSettings,
     TargetConfig,
     TimerSettings,
+    TlsSettings,
 )
 from fwrescue.errors import ConfigError
 from fwrescue.image.package import build_package
 from fwrescue.image.store import PackageStore
 from fwrescue.recovery.journal import Journal
+from fwrescue.trust.fleet_ca_cli import CA_CERT, init_ca, issue_node
 from fwrescue.trust.keys import SigningKey, TrustStore, generate_keypair
 from fwrescue.trust.manifest import SignedManifest
 from fwrescue.trust.rollback import RollbackStore
 from fwrescue.trust.verifier import Verifier
 
 __all__ = ["FleetPlan", "NodeSpec", "Release", "build_fleet", "corrupt_node",
-           "isolated_network"]
+           "isolated_network", "member_network", "tls_toml"]
 
 #: written into a fleet's root: only folders holding it are ever deleted by a new run
 FLEET_MARKER = ".fwrescue-fleet"
@@ -77,9 +83,48 @@ class FleetPlan:
     nodes: list[NodeSpec] = field(default_factory=list)
     console_repo: Path | None = None
     network: NetworkSettings = field(default_factory=NetworkSettings)
+    fleet_ca: Path | None = None  # the fleet CA's folder (None: a plain-HTTP fleet)
 
     def newest(self, board: str) -> Release:
         return self.releases[board][-1]
+
+    def tls_for(self, node_id: str) -> TlsSettings | None:
+        """A transfer identity for ``node_id`` from the fleet CA (issued on first use,
+        kept in ``tls/``); None for a plain-HTTP fleet."""
+        if self.fleet_ca is None:
+            return None
+        prefix = self.root / "tls" / node_id
+        cert, key = prefix.with_name(node_id + ".pem"), prefix.with_name(node_id + ".key")
+        if not cert.exists():
+            cert, key = issue_node(self.fleet_ca, node_id, prefix)
+        return TlsSettings(ca=self.fleet_ca / CA_CERT, cert=cert, key=key)
+
+    def network_for(self, node_id: str) -> NetworkSettings:
+        """``plan.network`` with ``node_id``'s transfer identity."""
+        return dataclasses.replace(self.network, tls=self.tls_for(node_id))
+
+
+def member_network(network: NetworkSettings, node_id: str) -> NetworkSettings:
+    """``network`` with a transfer identity for ``node_id`` issued by the simulated fleet
+    CA that issued ``network.tls`` (its key beside its certificate, as
+    :func:`build_fleet` lays it out); ``network`` itself when plain or already
+    ``node_id``'s."""
+    tls = network.tls
+    if tls is None or tls.cert.name == f"{node_id}.pem":
+        return network
+    prefix = tls.cert.parent / node_id
+    cert, key = prefix.with_name(node_id + ".pem"), prefix.with_name(node_id + ".key")
+    if not cert.exists():
+        cert, key = issue_node(tls.ca.parent, node_id, prefix)
+    return dataclasses.replace(network, tls=TlsSettings(ca=tls.ca, cert=cert, key=key))
+
+
+def tls_toml(tls: TlsSettings | None) -> str:
+    """The config-file form of a transfer identity: a ``[tls]`` table, or the explicit
+    ``[transfer] plain_http = true`` of a plain fleet (for tests that write agent files)."""
+    if tls is None:
+        return "[transfer]\nplain_http = true\n"
+    return f'[tls]\nca = "{tls.ca}"\ncert = "{tls.cert}"\nkey = "{tls.key}"\n'
 
 
 def isolated_network(rng: random.Random | None = None) -> NetworkSettings:
@@ -114,11 +159,13 @@ def build_fleet(
     timing_scale: float = 0.0,
     chunk_size: int = 64 * 1024,
     all_newest: bool = False,
+    tls: bool = True,
 ) -> FleetPlan:
     """Create keys, two releases per board (1.0.0 and 1.1.0), a console repository of the
     newest releases and ``nodes`` provisioned BMCs (boards assigned round-robin, versions
     alternating unless ``all_newest``). ``base_image`` (e.g. OVMF code) replaces random
-    firmware bytes; ``chunk_size`` is the signed manifests' chunk size."""
+    firmware bytes; ``chunk_size`` is the signed manifests' chunk size. ``tls``: a fleet
+    CA and a certificate per node (and ``console``); False: plain HTTP transfers."""
     if root.exists():
         if any(root.iterdir()) and not (root / FLEET_MARKER).exists():
             raise ConfigError("refusing to replace a folder that fwrescue demo did not "
@@ -135,6 +182,10 @@ def build_fleet(
     board_names = [f"board-{chr(ord('a') + i)}" for i in range(boards)]
     plan = FleetPlan(root=root, keys=keys, signing_key=key, boards=board_names, releases={},
                      network=network or NetworkSettings())
+    if tls:
+        init_ca(root / "fleet-ca")
+        plan.fleet_ca = root / "fleet-ca"
+    plan.network = plan.network_for("console")
     releases_dir = root / "releases"
     releases_dir.mkdir()
     for b, board in enumerate(board_names):
@@ -197,7 +248,7 @@ def _provision(plan: FleetPlan, node_id: str, board: str, release: Release, *,
     rack = f"rack-{(int(node_id.split('-')[1]) - 1) // 4 + 1}"
     config = AgentConfig(
         node_id=node_id, machine_name=board, state_dir=state, trust=(plan.root / "trust",),
-        topology=rack, policy=policy, network=plan.network,
+        topology=rack, policy=policy, network=plan.network_for(node_id),
         timers=timers or TimerSettings(startup_jitter=0.3, offer_window=0.3),
         donor=DonorSettings(max_uploads=4, lease_s=30.0),
         targets=(TargetConfig(name="bios", flash=flash, host=host),),

@@ -15,6 +15,15 @@ donor), ``SizeLimitExceeded`` (a manifest over its limit), ``StagingError`` (loc
 storage). Foreign exceptions are translated at this seam with ``from e``; errors
 raised by :meth:`ImageFetcher.fetch_image` carry the partial :class:`FetchStats` in
 ``fields["stats"]``.
+
+Over TLS (``require_tls``: the session's connector holds the fleet's client context,
+:func:`fwrescue.trust.transfer_tls.client_context`) every request names the donor it
+expects (``donor_id``, from the OFFER/ACK): a donor URL that is not ``https`` is refused
+before any byte is sent, and the handshake fails unless the donor's certificate chains
+to the fleet CA and names that node (``server_hostname`` =
+:func:`~fwrescue.trust.transfer_identity.transfer_hostname`). Both are
+``DonorUnavailable``. aiohttp pools connections per donor identity, so a donor costs one
+handshake however many ranges are fetched from it.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from fwrescue.transfer.pacing import Pacer
 from fwrescue.transfer.staging import StagedImage, StagingError
 from fwrescue.transfer.tokens import TokenError, is_digest, validate_token
 from fwrescue.trust.manifest import MAX_MANIFEST_BYTES
+from fwrescue.trust.transfer_identity import transfer_hostname
 from fwrescue.trust.verifier import VerifiedManifest, Verifier
 
 __all__ = ["ChunkCheck", "FetchStats", "ImageFetcher", "TransferLimits"]
@@ -150,6 +160,13 @@ def _refusal(resp: aiohttp.ClientResponse, what: str) -> TransferError:
                          status=status)
 
 
+def _tls_refused(e: aiohttp.ClientSSLError) -> DonorUnavailable:
+    """The donor's certificate does not chain to the fleet CA or names another node, or
+    it refused ours."""
+    return DonorUnavailable("TLS handshake with the donor failed (certificate not from "
+                            "the fleet CA, or another node's)", detail=repr(e)[:300])
+
+
 class _ChunkSink:
     """Takes complete chunks from the network: verify, write, mark, report, in that
     order, on the event loop (a worker-thread pipeline was measured slower: a hop per
@@ -225,8 +242,10 @@ class ImageFetcher:
         clock: Callable[[], float] = time.monotonic,
         verify_chunk: ChunkCheck = Verifier.verify_chunk,
         ingress: Pacer | None = None,
+        require_tls: bool = False,
     ) -> None:
         self._session = session
+        self.require_tls = require_tls
         self._ingress = ingress
         self.limits = limits or TransferLimits()
         self._clock = clock
@@ -234,6 +253,18 @@ class ImageFetcher:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=self.limits.connect_timeout,
             sock_connect=self.limits.connect_timeout, sock_read=self.limits.stall_timeout)
+
+    def _tls(self, base_url: str, donor_id: str | None) -> str | None:
+        """The TLS ``server_hostname`` naming the expected donor (None: plain HTTP);
+        DonorUnavailable for a plain endpoint when TLS is required."""
+        if not self.require_tls:
+            return None
+        if not base_url.lower().startswith("https://"):
+            raise DonorUnavailable("donor offers plain HTTP; this fleet transfers over TLS",
+                                   donor=donor_id, url=base_url[:200])
+        if donor_id is None:
+            raise TransferError("a TLS transfer needs the expected donor id")
+        return transfer_hostname(donor_id)
 
     def _headers(self, token: str) -> dict[str, str]:
         try:
@@ -245,7 +276,8 @@ class ImageFetcher:
     # --- manifests --------------------------------------------------------------------------
 
     async def fetch_manifest(self, base_url: str, digest: str, token: str, *,
-                             max_bytes: int | None = None) -> bytes:
+                             max_bytes: int | None = None,
+                             donor_id: str | None = None) -> bytes:
         """The raw envelope at ``base_url/manifests/digest``, at most ``max_bytes``.
 
         Reading stops as soon as the limit is passed (SizeLimitExceeded). The caller
@@ -254,9 +286,10 @@ class ImageFetcher:
         limit = self.limits.max_manifest_bytes if max_bytes is None else max_bytes
         url = _endpoint(base_url, "manifests", digest)
         headers = self._headers(token)
+        tls = self._tls(base_url, donor_id)
         try:
             async with self._session.get(url, headers=headers, timeout=self._timeout,
-                                         allow_redirects=False) as resp:
+                                         allow_redirects=False, server_hostname=tls) as resp:
                 if resp.status != 200:
                     raise _refusal(resp, "manifest")
                 if resp.content_length is not None and resp.content_length > limit:
@@ -272,6 +305,8 @@ class ImageFetcher:
                     if len(body) > limit:
                         raise SizeLimitExceeded("manifest larger than allowed", limit=limit)
                 return bytes(body)
+        except aiohttp.ClientSSLError as e:
+            raise _tls_refused(e) from e
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError,
                 ConnectionError) as e:
             raise DonorUnavailable("donor lost while sending the manifest",
@@ -288,6 +323,8 @@ class ImageFetcher:
         verified: VerifiedManifest,
         staged: StagedImage,
         progress: Callable[[int, int], None] | None = None,
+        *,
+        donor_id: str | None = None,
     ) -> FetchStats:
         """Fetch every chunk ``staged`` is missing, one Range request per contiguous run.
 
@@ -299,6 +336,7 @@ class ImageFetcher:
             raise ConfigError("staged image does not match the manifest")
         url = _endpoint(base_url, "images", manifest.sha256)
         headers = self._headers(token)
+        tls = self._tls(base_url, donor_id)
         started = self._clock()
         missing = staged.missing()
         sink = _ChunkSink(verified, staged, self._verify_chunk, progress,
@@ -306,7 +344,7 @@ class ImageFetcher:
         try:
             try:
                 for first, last in _runs(missing):
-                    await self._fetch_run(url, headers, sink, first, last)
+                    await self._fetch_run(url, headers, sink, first, last, tls)
             except BaseException:
                 with contextlib.suppress(StagingError):  # bookkeeping; the cause wins
                     sink.abandon()
@@ -319,7 +357,7 @@ class ImageFetcher:
         return sink.counters.freeze(self._clock() - started)
 
     async def _fetch_run(self, url: URL, headers: dict[str, str], sink: _ChunkSink,
-                         first: int, last: int) -> None:
+                         first: int, last: int, tls: str | None) -> None:
         manifest = sink.verified.manifest
         start = manifest.chunk_span(first)[0]
         last_offset, last_length = manifest.chunk_span(last)
@@ -328,7 +366,7 @@ class ImageFetcher:
         sink.counters.requests += 1
         try:
             async with self._session.get(url, headers=request_headers, timeout=self._timeout,
-                                         allow_redirects=False) as resp:
+                                         allow_redirects=False, server_hostname=tls) as resp:
                 self._check_image_response(resp, start, end, manifest.size)
                 request_started = self._clock()
                 read = resp.content.read
@@ -358,6 +396,8 @@ class ImageFetcher:
                     del parts
                 if not resp.content.at_eof():
                     resp.close()  # never read past what was asked; drop the connection
+        except aiohttp.ClientSSLError as e:
+            raise _tls_refused(e) from e
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError,
                 ConnectionError) as e:
             raise DonorUnavailable("donor lost mid-transfer", detail=repr(e)) from e
@@ -367,7 +407,8 @@ class ImageFetcher:
     # --- swarming: one run of chunks, and a donor's have-map --------------------------------
 
     async def fetch_have_map(self, base_url: str, token: str,
-                             verified: VerifiedManifest) -> list[int]:
+                             verified: VerifiedManifest, *,
+                             donor_id: str | None = None) -> list[int]:
         """The chunk indices the donor at ``base_url`` holds verified (``GET /chunks``).
 
         Raises DonorUnavailable (refused, gone) or TransferError (a body that is not
@@ -375,15 +416,19 @@ class ImageFetcher:
         manifest = verified.manifest
         url = _endpoint(base_url, "chunks", manifest.sha256)
         limit = have_map_length(manifest.chunk_count)
+        tls = self._tls(base_url, donor_id)
         try:
             async with self._session.get(url, headers=self._headers(token),
-                                         timeout=self._timeout, allow_redirects=False) as resp:
+                                         timeout=self._timeout, allow_redirects=False,
+                                         server_hostname=tls) as resp:
                 if resp.status != 200:
                     raise _refusal(resp, "have-map")
                 if resp.content_length is not None and resp.content_length != limit:
                     raise TransferError("have-map has the wrong length",
                                         length=resp.content_length, expected=limit)
                 body = await resp.content.read(limit + 1)
+        except aiohttp.ClientSSLError as e:
+            raise _tls_refused(e) from e
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError,
                 ConnectionError) as e:
             raise DonorUnavailable("donor lost while sending its have-map",
@@ -395,7 +440,8 @@ class ImageFetcher:
     async def fetch_chunks(self, base_url: str, token: str, verified: VerifiedManifest,
                            first: int, last: int,
                            deliver: Callable[[int, bytes], None],
-                           on_bytes: Callable[[int], None] | None = None) -> int:
+                           on_bytes: Callable[[int], None] | None = None, *,
+                           donor_id: str | None = None) -> int:
         """One Range request for chunks ``first..last``; ``deliver(index, data)`` gets
         each chunk as it completes, **unverified** (the caller verifies before keeping
         it, and raises to abort). Returns the body bytes read. Errors as
@@ -406,11 +452,12 @@ class ImageFetcher:
         end = last_offset + last_length
         url = _endpoint(base_url, "images", manifest.sha256)
         headers = dict(self._headers(token), Range=f"bytes={start}-{end - 1}")
+        tls = self._tls(base_url, donor_id)
         ingress = self._ingress
         received = 0
         try:
             async with self._session.get(url, headers=headers, timeout=self._timeout,
-                                         allow_redirects=False) as resp:
+                                         allow_redirects=False, server_hostname=tls) as resp:
                 self._check_image_response(resp, start, end, manifest.size)
                 request_started = self._clock()
                 read = resp.content.read
@@ -435,6 +482,8 @@ class ImageFetcher:
                     del parts
                 if not resp.content.at_eof():
                     resp.close()
+        except aiohttp.ClientSSLError as e:
+            raise _tls_refused(e) from e
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError,
                 ConnectionError) as e:
             raise DonorUnavailable("donor lost mid-range", detail=repr(e)) from e

@@ -15,6 +15,11 @@ Every request carries ``Authorization: Bearer <token>`` checked by the
 in the order digest shape (400), token (401/403), existence (404), so a token holder
 learns nothing about content it was not granted.
 
+Over TLS (``ssl_context``: mutual, see :mod:`fwrescue.trust.transfer_tls`) the client
+certificate's node id is the token's holder: a token granted to another node gets 403
+(``TokenHolderMismatch``) and stays good for its own node; a client without a fleet-CA
+certificate does not complete the handshake.
+
 Admission control: at most ``max_uploads`` image bodies stream at once. With
 ``queue_wait_s`` > 0 a request that finds every body slot busy waits its turn (first
 come, first served) for at most that long, at most ``max_queued`` requests waiting (they
@@ -41,6 +46,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import ssl
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +58,7 @@ from aiohttp import web
 from fwrescue.errors import ConfigError
 from fwrescue.transfer.pacing import Pacer
 from fwrescue.transfer.tokens import TokenError, TokenRegistry, is_digest
+from fwrescue.trust.transfer_identity import peercert_node_ids
 
 if TYPE_CHECKING:
     from fwrescue.transfer.partial import Servable
@@ -222,6 +229,8 @@ SETTINGS = web.AppKey("fwrescue_transfer_settings", TransferServerSettings)
 SERVER_STATE = web.AppKey("fwrescue_transfer_state", _State)
 SERVABLES = web.AppKey("fwrescue_servables", Servables)
 ADMIT: web.AppKey[Callable[[str, int], bool]] = web.AppKey("fwrescue_admit_image")
+#: True: tokens are checked against the TLS client certificate's node id.
+PEER_BOUND = web.AppKey("fwrescue_peer_bound", bool)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -275,13 +284,24 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip()
 
 
+def _holder(request: web.Request) -> str | None:
+    """The node id of the TLS client (``""``: its certificate names no single node);
+    None when the app is not bound to TLS identities."""
+    if not request.app.get(PEER_BOUND, False):
+        return None
+    transport = request.transport
+    peer = transport.get_extra_info("peercert") if transport is not None else None
+    ids = peercert_node_ids(peer)
+    return ids[0] if len(ids) == 1 else ""
+
+
 def _authorize(request: web.Request, digest: str) -> str | web.Response:
     """The token if it opens ``digest``, else the error response to send."""
     if not is_digest(digest):
         return _error(400, "Base.1.22.InvalidURI", "digest must be 64 lowercase hex")
     token = _bearer(request)
     try:
-        request.app[TOKENS].check(token, sha256_or_digest=digest)
+        request.app[TOKENS].check(token, sha256_or_digest=digest, holder=_holder(request))
     except TokenError as e:
         return _token_error(e)
     return token or ""  # check() refused None and ""
@@ -413,7 +433,9 @@ async def _stream(request: web.Request, resp: web.StreamResponse, fd: int, first
     loop = asyncio.get_running_loop()
     pacer = state.pacer
     offset, end = first, last + 1
-    if pacer is None:
+    transport = request.transport
+    if pacer is None and (transport is None or transport.get_extra_info("sslcontext") is None):
+        # zero-copy only on a plain socket: TLS encrypts in user space
         offset = await _sendfile(request, fd, offset, end, token, sha256)
     rate = pacer.rate_bps if pacer is not None else 0
     block = settings.read_block if pacer is None else max(4096, min(settings.read_block,
@@ -473,13 +495,16 @@ def create_transfer_app(
     on_load_change: Callable[[int], None] | None = None,
     servables: Servables | None = None,
     admit_image: Callable[[str, int], bool] | None = None,
+    peer_bound: bool = False,
 ) -> web.Application:
     """Build the donor's transfer application (no global state). With ``servables`` it
     also answers ``/chunks/{sha256}`` and serves partial images (see the module doc).
-    ``admit_image(sha256, length)`` is asked before each image body: False → 503."""
+    ``admit_image(sha256, length)`` is asked before each image body: False → 503.
+    ``peer_bound``: served over mutual TLS; tokens open only for their recipient."""
     app = web.Application(client_max_size=1024)  # requests carry no body
     app[IMAGE_CATALOG] = catalog
     app[TOKENS] = tokens
+    app[PEER_BOUND] = peer_bound
     settings = app[SETTINGS] = settings or TransferServerSettings()
     rate = settings.rate_limit_bps
     app[SERVER_STATE] = _State(on_load_change, Pacer(rate) if rate is not None else None)
@@ -494,7 +519,8 @@ def create_transfer_app(
 
 
 class TransferServer:
-    """The transfer app bound to a TCP port."""
+    """The transfer app bound to a TCP port; HTTPS with a client-certificate-demanding
+    ``ssl_context`` (then tokens are bound to the client's node id)."""
 
     def __init__(
         self,
@@ -505,11 +531,17 @@ class TransferServer:
         on_load_change: Callable[[int], None] | None = None,
         servables: Servables | None = None,
         admit_image: Callable[[str, int], bool] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings or TransferServerSettings()
+        if ssl_context is not None and ssl_context.verify_mode != ssl.CERT_REQUIRED:
+            raise ConfigError("a transfer server's TLS context must require client "
+                              "certificates")
+        self._ssl = ssl_context
         self.app = create_transfer_app(catalog, tokens, self.settings,
                                        on_load_change=on_load_change, servables=servables,
-                                       admit_image=admit_image)
+                                       admit_image=admit_image,
+                                       peer_bound=ssl_context is not None)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -524,7 +556,7 @@ class TransferServer:
                                shutdown_timeout=self.settings.shutdown_timeout)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, ssl_context=self._ssl)
             await site.start()
         except OSError as e:
             await runner.cleanup()
@@ -533,7 +565,8 @@ class TransferServer:
         self._runner = runner
         bound = runner.addresses[0]
         bound_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        return f"http://{bound_host}:{bound[1]}"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{bound_host}:{bound[1]}"
 
     async def stop(self) -> None:
         """Stop listening; in-flight uploads get ``shutdown_timeout`` then are cut."""

@@ -5,6 +5,11 @@ in the ACK) and revokes it on RELEASE or DECLINE; otherwise the grant ends at
 ``expires_at``. :class:`TokenRegistry` is sans-IO: the clock is injected and
 :meth:`TokenRegistry.check` may be given ``now`` explicitly.
 
+A grant may name the node it was ACKed to (``recipient_id``). Over mutual TLS the donor
+passes the client certificate's node id as ``holder``, and a token presented by any
+other node is refused (:class:`TokenHolderMismatch`, 403) without touching the grant:
+a token read off the wire is useless to whoever read it.
+
 Tokens are kept only as SHA-256 digests, so the registry never holds (or leaks
 through timing of a dict lookup on attacker-chosen keys) a secret it does not need.
 """
@@ -24,6 +29,7 @@ __all__ = [
     "Grant",
     "TokenError",
     "TokenExpired",
+    "TokenHolderMismatch",
     "TokenInvalid",
     "TokenMissing",
     "TokenRegistry",
@@ -104,6 +110,14 @@ class TokenScopeError(TokenError):
     bearer_error = "insufficient_scope"
 
 
+class TokenHolderMismatch(TokenError):
+    """The token was granted to another node than the TLS client presenting it."""
+
+    http_status = 403
+    message_id = "Base.1.22.InsufficientPrivilege"
+    bearer_error = "invalid_token"
+
+
 class TokenRegistryFull(LocalError):
     """Too many live grants; the donor should NAK instead of granting."""
 
@@ -121,6 +135,7 @@ class Grant:
     image_sha256: str
     manifest_digest: str
     expires_at: float
+    recipient_id: str | None = None  # the node the ACK went to (None: not bound)
 
     def __post_init__(self) -> None:
         if not is_digest(self.image_sha256) or not is_digest(self.manifest_digest):
@@ -153,7 +168,7 @@ class TokenRegistry:
         return len(self._grants)
 
     def grant(self, token: str, *, image_sha256: str, manifest_digest: str,
-              expires_at: float) -> Grant:
+              expires_at: float, recipient_id: str | None = None) -> Grant:
         """Grant (or re-grant, extending the lease) ``token``.
 
         Raises TokenInvalid for a malformed token, ConfigError for malformed digests,
@@ -161,7 +176,7 @@ class TokenRegistry:
         """
         validate_token(token)
         grant = Grant(image_sha256=image_sha256, manifest_digest=manifest_digest,
-                      expires_at=expires_at)
+                      expires_at=expires_at, recipient_id=recipient_id)
         key = _key(token)
         self._purge(self._clock())
         if key not in self._grants and len(self._grants) >= self._max:
@@ -182,11 +197,14 @@ class TokenRegistry:
         return True
 
     def check(self, token: str | None, *, sha256_or_digest: str,
-              now: float | None = None) -> Grant:
+              now: float | None = None, holder: str | None = None) -> Grant:
         """Return the grant if ``token`` opens ``sha256_or_digest`` at ``now``.
 
-        Raises TokenMissing, TokenInvalid, TokenUnknown, TokenRevoked, TokenExpired
-        (all HTTP 401) or TokenScopeError (403).
+        ``holder`` is the authenticated node presenting the token (mutual TLS), None when
+        the transport authenticates nobody (plain HTTP): a bound grant then opens only
+        for its ``recipient_id``. Raises TokenMissing, TokenInvalid, TokenUnknown,
+        TokenRevoked, TokenExpired (all HTTP 401), TokenHolderMismatch or
+        TokenScopeError (403). A refusal never changes the grant.
         """
         if token is None or token == "":
             raise TokenMissing("bearer token required")
@@ -200,6 +218,10 @@ class TokenRegistry:
             raise TokenUnknown("transfer token is not known to this donor")
         if when >= grant.expires_at:
             raise TokenExpired("transfer token lease has ended", expires_at=grant.expires_at)
+        if holder is not None and grant.recipient_id is not None \
+                and holder != grant.recipient_id:
+            raise TokenHolderMismatch("transfer token was granted to another node",
+                                      presented_by=holder[:64])
         if not grant.opens(sha256_or_digest):
             raise TokenScopeError("transfer token does not open this content")
         return grant
