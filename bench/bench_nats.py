@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fwrescue.agent import Agent
 from fwrescue.config import DonorSettings, NetworkSettings, TimerSettings, TransportSettings
-from fwrescue.console.donor import ConsoleDonor
+from fwrescue.donor.repository import ConsoleDonor
 from fwrescue.recovery.ports import OperationEvent
 from fwrescue.sim.fleet import build_fleet, corrupt_node, isolated_network
 from fwrescue.sim.nats_cluster import NatsCluster

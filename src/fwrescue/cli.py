@@ -26,23 +26,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more log output (-vv for debug)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    from fwrescue import rfcli, runcli
-    from fwrescue.image import cli as image_cli
-
-    runcli.register_run_commands(subparsers)
-    image_cli.register_image_commands(subparsers)
-    rfcli.register_redfish_commands(subparsers)
-    from fwrescue.image import policy_cli
-
-    policy_cli.register_policy_commands(subparsers)
-    from fwrescue.console import cli as console_cli
-
-    console_cli.register_console_commands(subparsers)
+    # One line per package: each command line lives beside what it drives.
+    from fwrescue.agent.cli import register_agent_commands
+    from fwrescue.console.cli import register_console_commands
+    from fwrescue.donor.cli import register_donor_commands
+    from fwrescue.image.cli import register_image_commands
+    from fwrescue.image.policy_cli import register_policy_commands
+    from fwrescue.redfish.cli import register_redfish_commands
+    from fwrescue.sim.cli import register_demo_commands
     from fwrescue.sim.virtual.cli import register_sim_commands
-
-    register_sim_commands(subparsers)
     from fwrescue.trust.fleet_ca_cli import register_fleet_ca_commands
 
+    register_agent_commands(subparsers)
+    register_donor_commands(subparsers)
+    register_demo_commands(subparsers)
+    register_image_commands(subparsers)
+    register_redfish_commands(subparsers)
+    register_policy_commands(subparsers)
+    register_console_commands(subparsers)
+    register_sim_commands(subparsers)
     register_fleet_ca_commands(subparsers)
     return parser
 

@@ -1,6 +1,6 @@
 """Rogue donors for end-to-end tests: real DonorServices on the real wire that lie.
 
-A :class:`RogueDonor` is a :class:`~fwrescue.donor.DonorService` whose catalog
+A :class:`RogueDonor` is a :class:`~fwrescue.donor.service.DonorService` whose catalog
 advertises whatever the test asks (a newer version, a higher security_version,
 another board) and whose responder answers at once and never suppresses itself,
 so a ``newest`` recipient ranks it first. Its package store is filled with
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fwrescue.config import DonorSettings, NetworkSettings
-from fwrescue.donor import DonorService
+from fwrescue.donor.responder import OfferableImage
+from fwrescue.donor.service import DonorService
 from fwrescue.image.package import build_package
 from fwrescue.image.store import PackageStore, StoredImage
-from fwrescue.protocol.donor import OfferableImage
 from fwrescue.protocol.messages import DonorKind
 from fwrescue.sim.fleet import member_network
 from fwrescue.trust.keys import SigningKey, generate_keypair

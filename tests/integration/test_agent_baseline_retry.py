@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from fwrescue.console.donor import ConsoleDonor
+from fwrescue.donor.repository import ConsoleDonor
 from fwrescue.image.package import build_package
 from fwrescue.redfish.client import RedfishClient
 from fwrescue.redfish.routes_policy import FLEET_POLICY_URI

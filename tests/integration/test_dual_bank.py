@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fwrescue.agent import Agent
 from fwrescue.config import TimerSettings
-from fwrescue.console.donor import ConsoleDonor
+from fwrescue.donor.repository import ConsoleDonor
 from fwrescue.sim.fleet import build_fleet, corrupt_node, isolated_network
 
 MIB = 1024 * 1024

@@ -16,7 +16,7 @@ from typing import Any
 
 from fwrescue.agent import Agent
 from fwrescue.config import NetworkSettings, TimerSettings
-from fwrescue.console.donor import ConsoleDonor
+from fwrescue.donor.repository import ConsoleDonor
 from fwrescue.recovery.ports import OperationEvent
 from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node, tls_toml
 from tests.fakes.rogue import isolated_network
@@ -29,7 +29,7 @@ DONOR = """
 import asyncio, signal, sys
 from pathlib import Path
 from fwrescue.config import DonorSettings, NetworkSettings, TlsSettings
-from fwrescue.console.donor import ConsoleDonor
+from fwrescue.donor.repository import ConsoleDonor
 
 repo, trust, state, donor_id, group, port, rate = sys.argv[1:8]
 tls = TlsSettings(*map(Path, sys.argv[8:11])) if len(sys.argv) > 8 else None

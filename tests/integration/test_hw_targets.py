@@ -18,7 +18,7 @@ from fwrescue.config import (
     TargetConfig,
     TimerSettings,
 )
-from fwrescue.console.donor import ConsoleDonor
+from fwrescue.donor.repository import ConsoleDonor
 from fwrescue.host.virtual import VirtualHost
 from fwrescue.image.package import build_package
 from fwrescue.sim.fleet import build_fleet, corrupt_node, isolated_network

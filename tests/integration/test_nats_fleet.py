@@ -13,7 +13,7 @@ import pytest
 import fwrescue.agent
 from fwrescue.agent import Agent
 from fwrescue.config import NetworkSettings, TimerSettings, TransportSettings
-from fwrescue.console.donor import ConsoleDonor
+from fwrescue.donor.repository import ConsoleDonor
 from fwrescue.sim.fleet import build_fleet, corrupt_node, tls_toml
 from fwrescue.sim.nats_cluster import NatsCluster
 from fwrescue.transport.link import Link
@@ -41,7 +41,7 @@ async def test_recovery_completes_when_the_recipients_nats_node_is_sigkilled(
         corrupt_node(node)
     links: list[NatsLink] = []  # every agent's one shared link, in the order opened
     killed: list[str] = []
-    real_open_link = fwrescue.agent.open_link
+    real_open_link = fwrescue.agent.core.open_link
 
     def spy_open_link(settings: NetworkSettings) -> Link:
         link = real_open_link(settings)
@@ -221,7 +221,7 @@ async def test_an_agent_fetches_over_its_one_nats_connection_not_one_per_fetch(
     recipient, donor = plan.nodes
     corrupt_node(recipient)
     agent_links: list[NatsLink] = []
-    real_open_link = fwrescue.agent.open_link
+    real_open_link = fwrescue.agent.core.open_link
 
     def spy_open_link(settings: NetworkSettings) -> Link:
         link = real_open_link(settings)

@@ -17,9 +17,9 @@ import pytest
 from nats.aio.msg import Msg
 
 from fwrescue.config import NetworkSettings, TransportSettings
+from fwrescue.donor.responder import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from fwrescue.errors import ConfigError
 from fwrescue.protocol.codec import Codec
-from fwrescue.protocol.donor import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from fwrescue.protocol.events import DonorAcked, Event, ReservationGranted
 from fwrescue.protocol.messages import DonorKind, Solicit
 from fwrescue.protocol.policy import get_policy

@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestServer
 
 from fwrescue.agent import Agent
 from fwrescue.config import RedfishSettings, TimerSettings
-from fwrescue.console.donor import ConsoleDonor
+from fwrescue.donor.repository import ConsoleDonor
 from fwrescue.image.package import build_package, open_package, write_package
 from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node, isolated_network
 from fwrescue.trust.keys import SigningKey, generate_keypair

@@ -21,11 +21,11 @@ from aiohttp.test_utils import TestServer
 
 from fwrescue.redfish import (
     AccountSpec,
-    RedfishSettings,
+    RedfishServiceSettings,
     create_redfish_app,
     start_redfish_server,
 )
-from fwrescue.rfcli import EXIT_AUTH, EXIT_CONNECT, EXIT_FAILED, EXIT_USAGE, _run
+from fwrescue.redfish.cli import EXIT_AUTH, EXIT_CONNECT, EXIT_FAILED, EXIT_USAGE, _run
 from tests.fakes.redfish_backend import FakeBackend, make_package
 from tests.fakes.tools import csdl_dir, tool
 
@@ -43,7 +43,7 @@ async def start(
     tmp_path: Path, tls: bool, step_delay: float = 0.05
 ) -> tuple[Service, web.AppRunner]:
     backend = FakeBackend(step_delay=step_delay)
-    settings = RedfishSettings(
+    settings = RedfishServiceSettings(
         accounts=(
             AccountSpec(username=USER, password=PASSWORD),
             AccountSpec(username="viewer", password="viewer-pass", role="ReadOnly"),
@@ -247,7 +247,7 @@ def cli_args(url: str, **kw: object) -> argparse.Namespace:
 
 
 async def test_rf_cli_update_wait_status_and_exit_codes(secure: Service, tmp_path: Path) -> None:
-    from fwrescue import rfcli
+    from fwrescue.redfish import cli as rfcli
 
     out, err = io.StringIO(), io.StringIO()
     good = make_package(tmp_path / "good.pkg", version="5.0.0", svn=5)

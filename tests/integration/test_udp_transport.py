@@ -11,8 +11,8 @@ import textwrap
 
 import pytest
 
+from fwrescue.donor.responder import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from fwrescue.protocol.codec import Codec
-from fwrescue.protocol.donor import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from fwrescue.protocol.events import DonorAcked, Event, ReservationGranted
 from fwrescue.protocol.messages import DonorKind
 from fwrescue.protocol.policy import get_policy
@@ -105,7 +105,7 @@ async def test_two_recipients_and_two_donors_complete_the_exchange_over_multicas
 DONOR_PROCESS = textwrap.dedent("""
     import asyncio, random, sys
     from fwrescue.protocol.codec import Codec
-    from fwrescue.protocol.donor import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
+    from fwrescue.donor.responder import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
     from fwrescue.protocol.messages import DonorKind
     from fwrescue.transport.udp import MulticastConfig, SessionDriver, UdpMulticastLink
 

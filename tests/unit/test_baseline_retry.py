@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fwrescue.agent_policy import BaselineRetry, RetryBackoff
+from fwrescue.agent.fleet_policy import BaselineRetry, RetryBackoff
 from fwrescue.config import load_config
 from fwrescue.errors import ConfigError
 from tests.unit.test_config import GOOD, write

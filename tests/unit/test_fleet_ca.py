@@ -117,7 +117,7 @@ def test_each_bad_tls_input_is_its_own_config_error(pki: Path, tls: str,
 
 def test_the_donor_service_refuses_an_identity_for_another_id(pki: Path) -> None:
     from fwrescue.config import DonorSettings, NetworkSettings, TlsSettings
-    from fwrescue.donor import DonorService
+    from fwrescue.donor.service import DonorService
     from fwrescue.image.store import PackageStore
     from fwrescue.protocol.messages import DonorKind
 

@@ -23,11 +23,11 @@ from aiohttp import web
 from fwrescue.config import NetworkSettings
 from fwrescue.console.auth import ConsoleAuth
 from fwrescue.console.db import Database
-from fwrescue.console.donor import ConsoleDonor
 from fwrescue.console.inventory import AgentEndpoint, Inventory, InventorySettings
 from fwrescue.console.metrics import ConsoleMetrics
 from fwrescue.console.policy import PolicyDesk
 from fwrescue.console.ratelimit import LoginLimits
+from fwrescue.donor.repository import ConsoleDonor
 from fwrescue.redfish.ssdp import Announcement, SsdpListener
 from fwrescue.trust.keys import TrustStore
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fwrescue.lifecycle import wait_for_termination
+from fwrescue.agent.lifecycle import wait_for_termination
 
 __all__ = ["register_console_commands"]
 

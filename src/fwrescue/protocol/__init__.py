@@ -1,10 +1,12 @@
-"""The negotiation protocol, sans-IO: messages, codec, state tables, recipient, donor, policy.
+"""The negotiation protocol, sans-IO: messages, codec, state tables, recipient, policy.
+
+The donor's side of the negotiation (``DonorResponder``, also sans-IO) lives with the
+rest of the donor in :mod:`fwrescue.donor.responder`.
 
 Transports (``fwrescue.transport``) are thin shells that drive these sessions.
 """
 
 from .codec import MAX_DATAGRAM, Codec
-from .donor import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from .events import Event
 from .messages import (
     Accept,
@@ -32,15 +34,11 @@ __all__ = [
     "DatagramSession",
     "Decline",
     "Destination",
-    "DonorIdentity",
     "DonorKind",
-    "DonorLimits",
-    "DonorResponder",
     "Event",
     "Message",
     "Nak",
     "Offer",
-    "OfferableImage",
     "Policy",
     "RecipientIdentity",
     "RecipientSession",

@@ -75,7 +75,7 @@ __all__ = ["EngineSettings", "Integrity", "OperationResult", "RecoveryEngine"]
 T = TypeVar("T")
 
 #: what each phase tells an operator, in plain text (MessageIds and percentages are the
-#: Redfish side's: fwrescue.agent_progress maps these events)
+#: Redfish side's: fwrescue.agent.progress maps these events)
 _PHASE_TEXT: dict[Phase, str] = {
     Phase.DETECTED: "",
     Phase.LOCATING: "searching the predetermined image locations",

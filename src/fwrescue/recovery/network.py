@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 
 from fwrescue.config import NetworkSettings, TimerSettings
-from fwrescue.donor import codec_for
+from fwrescue.donor.service import codec_for
 from fwrescue.errors import ConfigError, RecoveryFailed
 from fwrescue.protocol.policy import Policy
 from fwrescue.protocol.recipient import RecipientIdentity, RecipientSession, RecipientTimers

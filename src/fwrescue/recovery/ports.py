@@ -1,7 +1,7 @@
 """What the recovery engine needs from the rest of the agent, typed as Protocols.
 
 The engine is the only module that joins protocol, trust, flash and host; it
-reaches the parts it does not own through these seams, wired in ``agent.py``.
+reaches the parts it does not own through these seams, wired in ``agent/core.py``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class OperationEvent:
     """A fact about a recovery or update: its phase, how far it got, what failed.
 
     Presentation is the consumer's: the agent's Redfish backend maps these facts to
-    Redfish MessageIds and ``PercentComplete`` (``fwrescue.agent_progress``), the demo to
+    Redfish MessageIds and ``PercentComplete`` (``fwrescue.agent.progress``), the demo to
     its table. ``phase`` is a :class:`~fwrescue.recovery.journal.Phase` value, or
     ``"transferring"`` / ``"flashing"`` for byte progress within a phase. ``entered`` marks
     the event that enters ``phase`` (a journal step, or the operation's end); the others

@@ -12,14 +12,14 @@ from fwrescue.redfish.backend import (
     SystemIdentity,
     TargetInfo,
 )
-from fwrescue.redfish.settings import AccountSpec, RedfishSettings
+from fwrescue.redfish.settings import AccountSpec, RedfishServiceSettings
 
 __all__ = [
     "AccountSpec",
     "ImageInfo",
     "OperationEvent",
     "RedfishBackend",
-    "RedfishSettings",
+    "RedfishServiceSettings",
     "SystemIdentity",
     "TargetInfo",
     "create_redfish_app",

@@ -31,7 +31,7 @@ from fwrescue.redfish.routes_core import add_core_routes
 from fwrescue.redfish.routes_events import add_event_routes
 from fwrescue.redfish.routes_policy import FleetPolicyBackend, add_policy_routes
 from fwrescue.redfish.routes_update import add_update_routes
-from fwrescue.redfish.settings import RedfishSettings
+from fwrescue.redfish.settings import RedfishServiceSettings
 from fwrescue.redfish.tasks import TaskStore
 from fwrescue.redfish.tls import ensure_certificate, server_ssl_context
 
@@ -55,7 +55,7 @@ def _aiohttp_poster(svc: Service) -> Poster:
 
 def create_redfish_app(
     backend: RedfishBackend,
-    settings: RedfishSettings,
+    settings: RedfishServiceSettings,
     *,
     clock: Callable[[], float] = time.time,
     poster: Poster | None = None,

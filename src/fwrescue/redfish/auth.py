@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from fwrescue.redfish.messages import RequestError
-from fwrescue.redfish.settings import ROLES, AccountSpec, RedfishSettings
+from fwrescue.redfish.settings import ROLES, AccountSpec, RedfishServiceSettings
 
 __all__ = [
     "ROLE_PRIVILEGES",
@@ -95,7 +95,7 @@ class AuthStore:
 
     def __init__(
         self,
-        settings: RedfishSettings,
+        settings: RedfishServiceSettings,
         token_factory: Callable[[], str] = lambda: secrets.token_urlsafe(32),
     ) -> None:
         self._settings = settings

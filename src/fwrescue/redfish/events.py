@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fwrescue.redfish.messages import RequestError
-from fwrescue.redfish.settings import RedfishSettings
+from fwrescue.redfish.settings import RedfishServiceSettings
 from fwrescue.redfish.tasks import iso_time
 
 __all__ = [
@@ -83,7 +83,7 @@ class SseClient:
 class EventHub:
     """Fans event records out to SSE clients and push subscriptions."""
 
-    def __init__(self, settings: RedfishSettings, poster: Poster) -> None:
+    def __init__(self, settings: RedfishServiceSettings, poster: Poster) -> None:
         self._settings = settings
         self._poster = poster
         self._subs: dict[str, Subscription] = {}

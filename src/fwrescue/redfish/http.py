@@ -21,7 +21,7 @@ from fwrescue.redfish.auth import AuthStore, Principal
 from fwrescue.redfish.backend import RedfishBackend
 from fwrescue.redfish.events import EventHub
 from fwrescue.redfish.messages import Registries, RequestError, error_body
-from fwrescue.redfish.settings import RedfishSettings
+from fwrescue.redfish.settings import RedfishServiceSettings
 from fwrescue.redfish.tasks import TaskStore
 
 __all__ = [
@@ -76,7 +76,7 @@ class Service:
     """Everything the handlers share; one per application (no globals)."""
 
     backend: RedfishBackend
-    settings: RedfishSettings
+    settings: RedfishServiceSettings
     registries: Registries
     auth: AuthStore
     tasks: TaskStore

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fwrescue.errors import ConfigError
 
-__all__ = ["ROLES", "AccountSpec", "RedfishSettings"]
+__all__ = ["ROLES", "AccountSpec", "RedfishServiceSettings"]
 
 #: the three standard Redfish roles, strongest first
 ROLES: tuple[str, ...] = ("Administrator", "Operator", "ReadOnly")
@@ -41,7 +41,7 @@ class AccountSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RedfishSettings:
+class RedfishServiceSettings:
     """Limits and locations. Every untrusted length has a named limit here.
 
     ``upload_dir`` receives streamed uploads and downloads (one file per request, deleted on

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fwrescue import agent_progress as progress
-from fwrescue.agent import Agent
+from fwrescue.agent import Agent, progress
+from fwrescue.agent.lifecycle import wait_for_termination
 from fwrescue.config import NetworkSettings, RedfishSettings, TimerSettings, TransportSettings
 from fwrescue.console.app import ConsoleSettings, new_password, start_console
 from fwrescue.console.inventory import AgentEndpoint, InventorySettings
-from fwrescue.lifecycle import wait_for_termination
 from fwrescue.recovery.ports import OperationEvent, OperationState
 from fwrescue.sim.display import FleetDisplay, NodeRow
 from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node, isolated_network

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fwrescue.agent import Agent
 from fwrescue.config import DonorSettings, NetworkSettings, TimerSettings
-from fwrescue.console.donor import ConsoleDonor
+from fwrescue.donor.repository import ConsoleDonor
 from fwrescue.recovery.ports import OperationEvent
 from fwrescue.sim.fleet import FleetPlan, NodeSpec, build_fleet, corrupt_node
 

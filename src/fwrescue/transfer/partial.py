@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from fwrescue.donor.responder import OfferableImage
 from fwrescue.errors import FwRescueError
 from fwrescue.image.store import StoredImage
-from fwrescue.protocol.donor import OfferableImage
 from fwrescue.transfer.havemap import full_have_map, have_map_length
 from fwrescue.transfer.staging import StagedImage
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from fwrescue.donor.responder import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from fwrescue.protocol.codec import Codec
-from fwrescue.protocol.donor import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from fwrescue.protocol.events import Event
 from fwrescue.protocol.messages import DonorKind
 from fwrescue.protocol.policy import Policy, get_policy

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from fwrescue.donor.responder import DonorLimits, DonorResponder
 from fwrescue.errors import ConfigError
-from fwrescue.protocol.donor import DonorLimits, DonorResponder
 from fwrescue.protocol.events import (
     OfferSent,
     ReservationEnded,

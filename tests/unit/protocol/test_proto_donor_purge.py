@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fwrescue.protocol.donor import DonorLimits
+from fwrescue.donor.responder import DonorLimits
 from fwrescue.protocol.messages import Solicit
 from fwrescue.protocol.states import DonorState
 

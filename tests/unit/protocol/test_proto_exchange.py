@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fwrescue.protocol.donor import DonorLimits, DonorResponder
+from fwrescue.donor.responder import DonorLimits, DonorResponder
 from fwrescue.protocol.events import (
     Declined,
     DonorAcked,

@@ -8,10 +8,10 @@ import random
 
 import pytest
 
+from fwrescue.donor.responder import DonorLimits, OfferableImage
 from fwrescue.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from fwrescue.protocol.breaker import CircuitBreaker
 from fwrescue.protocol.codec import MAX_DATAGRAM, Codec
-from fwrescue.protocol.donor import DonorLimits, OfferableImage
 from fwrescue.protocol.events import ImageWithheld
 from fwrescue.protocol.messages import DonorKind, Nak, Offer, Report, ReportOutcome
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from fwrescue import agent_progress as progress
+from fwrescue.agent import progress
 from fwrescue.errors import ChunkMismatch
 from fwrescue.recovery.ports import OperationEvent, OperationState
 

@@ -17,15 +17,15 @@ from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 from tests.fakes.redfish_backend import FakeBackend  # noqa: E402
 
-from fwrescue.redfish import AccountSpec, RedfishSettings, create_redfish_app  # noqa: E402
+from fwrescue.redfish import AccountSpec, RedfishServiceSettings, create_redfish_app  # noqa: E402
 
 ADMIN = ("admin", "admin-password")
 OPERATOR = ("oper", "operator-password")
 READER = ("reader", "reader-password")
 
 
-def make_settings(tmp_path: Path, **kw: object) -> RedfishSettings:
-    return RedfishSettings(
+def make_settings(tmp_path: Path, **kw: object) -> RedfishServiceSettings:
+    return RedfishServiceSettings(
         accounts=(
             AccountSpec(username=ADMIN[0], password=ADMIN[1], role="Administrator"),
             AccountSpec(username=OPERATOR[0], password=OPERATOR[1], role="Operator"),

@@ -173,7 +173,7 @@ def test_operation_event_rejects_bad_fields() -> None:
 
 async def test_settings_reject_no_accounts(tmp_path: Path) -> None:
     from fwrescue.errors import ConfigError
-    from fwrescue.redfish.settings import RedfishSettings
+    from fwrescue.redfish.settings import RedfishServiceSettings
 
     with pytest.raises(ConfigError):
-        RedfishSettings(accounts=(), upload_dir=tmp_path)
+        RedfishServiceSettings(accounts=(), upload_dir=tmp_path)

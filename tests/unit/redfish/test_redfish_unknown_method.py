@@ -10,7 +10,12 @@ from pathlib import Path
 
 from tests.fakes.redfish_backend import FakeBackend
 
-from fwrescue.redfish import AccountSpec, RedfishSettings, create_redfish_app, start_redfish_server
+from fwrescue.redfish import (
+    AccountSpec,
+    RedfishServiceSettings,
+    create_redfish_app,
+    start_redfish_server,
+)
 
 
 async def raw_request(url: str, request_line: str) -> tuple[int, dict[str, str], bytes]:
@@ -32,8 +37,9 @@ async def raw_request(url: str, request_line: str) -> tuple[int, dict[str, str],
 
 
 async def test_unknown_method_is_405_with_allow_and_a_redfish_error(tmp_path: Path) -> None:
-    settings = RedfishSettings(accounts=(AccountSpec(username="admin", password="admin-pw-1"),),
-                               upload_dir=tmp_path / "uploads")
+    settings = RedfishServiceSettings(
+        accounts=(AccountSpec(username="admin", password="admin-pw-1"),),
+        upload_dir=tmp_path / "uploads")
     app = create_redfish_app(FakeBackend(), settings)
     runner, url = await start_redfish_server(app, "127.0.0.1", 0, False, tmp_path / "state")
     try:

@@ -21,7 +21,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from fwrescue.protocol.donor import OfferableImage
+from fwrescue.donor.responder import OfferableImage
 from fwrescue.protocol.recipient import RecipientSession
 from fwrescue.protocol.session import GROUP, Address, Destination
 from fwrescue.protocol.states import DonorState

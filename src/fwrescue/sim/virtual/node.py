@@ -28,8 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fwrescue.donor.responder import DonorIdentity, DonorResponder, OfferableImage
 from fwrescue.protocol.codec import Codec
-from fwrescue.protocol.donor import DonorIdentity, DonorResponder, OfferableImage
 from fwrescue.protocol.events import DonorAcked, GaveUp, OfferSent
 from fwrescue.protocol.messages import DonorKind, Offer
 from fwrescue.protocol.policy import Selection, SelectionContext

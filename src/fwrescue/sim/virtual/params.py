@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from fwrescue.donor.responder import DonorLimits
 from fwrescue.errors import ConfigError
 from fwrescue.flash.timing import W25Q_JV, ChipTiming
-from fwrescue.protocol.donor import DonorLimits
 from fwrescue.protocol.recipient import RecipientTimers
 from fwrescue.transfer.swarm import MAX_CHUNK_COUNT, SwarmLimits
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fwrescue import __version__
-from fwrescue import agent_progress as progress
+from fwrescue.agent import progress
 from fwrescue.atomicfile import atomic_write
 from fwrescue.errors import CompatibilityError, ConfigError, HostError, PackageError
 from fwrescue.host.base import PowerState
@@ -42,7 +42,7 @@ from fwrescue.redfish.backend import (
 )
 
 if TYPE_CHECKING:
-    from fwrescue.agent import Agent
+    from fwrescue.agent.parts import AgentParts
 
 __all__ = ["AgentBackend", "AlreadyInstalled"]
 
@@ -81,7 +81,7 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
 class AgentBackend:
     """RedfishBackend over one agent."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentParts) -> None:
         self._agent = agent
         self._tasks: set[asyncio.Task[Any]] = set()
         # target -> manifest digest of a verified image in the store, applied at the next

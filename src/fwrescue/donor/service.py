@@ -1,6 +1,6 @@
 """The donor service: answers SOLICITs from the package store and serves the transfers.
 
-It joins the sans-IO :class:`~fwrescue.protocol.donor.DonorResponder` (on its own
+It joins the sans-IO :class:`~fwrescue.donor.responder.DonorResponder` (on its own
 multicast link) with the content-addressed transfer server: an ACK's one-time token
 is granted to the server when the reservation is made and revoked when it ends
 (RELEASE, DECLINE, lease expiry). A peer agent and the management console run the
@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fwrescue.config import DonorSettings, NetworkSettings, read_fleet_key
+from fwrescue.donor.responder import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from fwrescue.image.store import PackageStore
 from fwrescue.protocol.codec import Codec
-from fwrescue.protocol.donor import DonorIdentity, DonorLimits, DonorResponder, OfferableImage
 from fwrescue.protocol.events import (
     Event,
     ImageWithheld,

@@ -16,25 +16,22 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fwrescue.agent_policy import AgentFleetPolicy
+from fwrescue.agent.fleet_policy import AgentFleetPolicy
+from fwrescue.agent.hardware import build_flash, build_host
+from fwrescue.agent.parts import EventListeners, TargetRuntime
 from fwrescue.config import AgentConfig, TargetConfig
-from fwrescue.donor import DonorService
+from fwrescue.donor.service import DonorService
 from fwrescue.errors import FlashPowerLoss
-from fwrescue.flash.device import Flash
-from fwrescue.hardware import build_flash, build_host
-from fwrescue.host.base import FlashMode, Host
+from fwrescue.host.base import FlashMode
 from fwrescue.image.store import PackageStore
 from fwrescue.protocol.messages import DonorKind, Report, ReportOutcome
 from fwrescue.protocol.policy import get_policy
 from fwrescue.recovery.engine import EngineSettings, OperationResult, RecoveryEngine
 from fwrescue.recovery.journal import Journal
 from fwrescue.recovery.network import NetworkRecovery
-from fwrescue.recovery.ports import OperationEvent
 from fwrescue.sources.directory import WatchedDirectory
 from fwrescue.sources.ladder import SourceLadder
 from fwrescue.transfer.partial import PartialImages
@@ -52,33 +49,13 @@ log = logging.getLogger(__name__)
 MEDIA_POLL_S = 1.0
 
 
-@dataclass
-class TargetRuntime:
-    config: TargetConfig
-    flash: Flash
-    host: Host | None
-    engine: RecoveryEngine
-
-
-@dataclass
-class _Listeners:
-    callbacks: list[Callable[[OperationEvent], None]] = field(default_factory=list)
-
-    def __call__(self, event: OperationEvent) -> None:
-        for callback in list(self.callbacks):
-            try:
-                callback(event)
-            except Exception:  # a display or Redfish bug must never stop a recovery
-                log.exception("event listener failed")
-
-
 class Agent:
     """One BMC's fwrescue: start() wires and runs everything, stop() tears it down."""
 
     def __init__(self, config: AgentConfig, *, rng: random.Random | None = None) -> None:
         self.config = config
         self._rng = rng or random.Random()
-        self.events = _Listeners()
+        self.events = EventListeners()
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True)
         floors = dict(config.fleet_floors)
@@ -104,7 +81,7 @@ class Agent:
         self._pinned: str | None = options.pop("pinned_version", None)
         self.policy = get_policy(config.policy, **options)
         self.targets: dict[str, TargetRuntime] = {}
-        # the signed fleet policy from the console (agent_policy.py)
+        # the signed fleet policy from the console (agent/fleet_policy.py)
         self.fleet_policy = AgentFleetPolicy(self, self.rollback)
         self.results: dict[str, OperationResult] = {}
         self.redfish_url: str | None = None
@@ -210,13 +187,13 @@ class Agent:
             log.info("%s: boot report not sent (donor service off)", self.config.node_id)
 
     async def _start_redfish(self) -> None:
-        from fwrescue.agent_redfish import AgentBackend, redfish_accounts
+        from fwrescue.agent.redfish_backend import AgentBackend, redfish_accounts
         from fwrescue.redfish.app import create_redfish_app, start_redfish_server
-        from fwrescue.redfish.settings import RedfishSettings as ServiceSettings
+        from fwrescue.redfish.settings import RedfishServiceSettings
 
         rf = self.config.redfish
         state = self.config.state_dir / "redfish"
-        settings = ServiceSettings(
+        settings = RedfishServiceSettings(
             accounts=redfish_accounts(rf.users), upload_dir=state / "uploads",
             # the package adds its manifest (at most 2 MiB) and tar headers to the image
             max_image_size=self.config.max_image_size + 4 * 1024 * 1024)

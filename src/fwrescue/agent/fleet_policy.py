@@ -43,7 +43,7 @@ from fwrescue.trust.policy import MAX_POLICY_BYTES, FleetPolicy, PolicyError, ve
 from fwrescue.trust.rollback import RollbackStore
 
 if TYPE_CHECKING:
-    from fwrescue.agent import Agent
+    from fwrescue.agent.parts import AgentParts
 
 __all__ = ["AgentFleetPolicy", "BaselineRetry", "PolicyError", "RetryBackoff"]
 
@@ -91,7 +91,7 @@ class BaselineRetry:
 class AgentFleetPolicy:
     """The policy in force on one agent and the baseline updates it causes."""
 
-    def __init__(self, agent: Agent, rollback: RollbackStore) -> None:
+    def __init__(self, agent: AgentParts, rollback: RollbackStore) -> None:
         self._agent = agent
         self._rollback = rollback
         self._path = agent.config.state_dir / POLICY_FILE

@@ -45,10 +45,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fwrescue.errors import ConfigError, LocalProtocolError, RemoteProtocolError
-
-from .breaker import CircuitBreaker
-from .codec import Codec
-from .events import (
+from fwrescue.protocol.breaker import CircuitBreaker
+from fwrescue.protocol.codec import Codec
+from fwrescue.protocol.events import (
     Declined,
     DonorEvent,
     ImageWithheld,
@@ -57,7 +56,7 @@ from .events import (
     ReservationEnded,
     ReservationGranted,
 )
-from .messages import (
+from fwrescue.protocol.messages import (
     Accept,
     Ack,
     Decline,
@@ -69,9 +68,9 @@ from .messages import (
     Report,
     Solicit,
 )
-from .policy import version_key
-from .session import GROUP, Address, Destination
-from .states import DONOR_TRANSITIONS, DonorInput, DonorState, StateMachine
+from fwrescue.protocol.policy import version_key
+from fwrescue.protocol.session import GROUP, Address, Destination
+from fwrescue.protocol.states import DONOR_TRANSITIONS, DonorInput, DonorState, StateMachine
 
 __all__ = ["DonorIdentity", "DonorLimits", "DonorResponder", "OfferableImage"]
 

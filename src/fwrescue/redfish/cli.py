@@ -197,7 +197,7 @@ async def _tasks(rf: RedfishClient, args: argparse.Namespace, out: TextIO) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m fwrescue.rfcli rf status URL``) for tests and scripts."""
+    """Standalone entry (``python -m fwrescue.redfish.cli rf status URL``) for tests and scripts."""
     parser = argparse.ArgumentParser(prog="fwrescue")
     register_redfish_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fwrescue.config import DonorSettings, NetworkSettings
-from fwrescue.donor import DonorService
+from fwrescue.donor.service import DonorService
 from fwrescue.errors import FwRescueError
 from fwrescue.image.store import PackageStore
 from fwrescue.protocol.messages import DonorKind
