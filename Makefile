@@ -64,7 +64,7 @@ fuzz: venv
 # image (single/dual bank, DC-off/DC-on, chip ops and state writes) in parallel workers,
 # then SOAK_ROUNDS rounds of real agents recovering while rogue donors answer first.
 SOAK_CUTS ?= 10000
-SOAK_ROUNDS ?= 800
+SOAK_ROUNDS ?= 100
 .PHONY: soak
 soak: venv
 	$(BIN)/python -m soak.powercut --cuts $(SOAK_CUTS)

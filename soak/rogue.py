@@ -136,10 +136,10 @@ def _misbehave(kind: str) -> Any:
                     await resp.write(rng.randbytes(1))
                     await asyncio.sleep(TRICKLE_GAP)
             elif kind == "endless":
-                sent = 0
+                sent, block = 0, rng.randbytes(64 * 1024)  # one block, sent again and again
                 while sent < ENDLESS_LIMIT:
-                    await resp.write(rng.randbytes(64 * 1024))
-                    sent += 64 * 1024
+                    await resp.write(block)
+                    sent += len(block)
             elif kind == "lying-size":
                 await resp.write(rng.randbytes(length // 4))
             elif kind == "slow":
@@ -445,10 +445,10 @@ def summarize(out: dict[str, Any], seconds: float) -> tuple[list[str], bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m soak.rogue", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=int(os.environ.get("SOAK_ROUNDS", 800)))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("SOAK_ROUNDS", 100)))
     parser.add_argument("--recipients", type=int, default=8)
     parser.add_argument("--baseline", type=int, default=5)
-    parser.add_argument("--slow-every", type=int, default=100)
+    parser.add_argument("--slow-every", type=int, default=50)
     parser.add_argument("--progress-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=20261202)
     opts = parser.parse_args(argv)
