@@ -53,12 +53,13 @@ $(VENV)/.installed: pyproject.toml
 clean:
 	rm -rf $(VENV) build dist demo-out src/*.egg-info
 
-# Coverage-guided fuzzing (atheris) of every parser of outside input: FUZZ_SECONDS per
-# target (docs/reliability.md); prints executions and crashes per target.
-FUZZ_SECONDS ?= 150
+# Coverage-guided fuzzing (atheris) of every parser of outside input, nproc targets at once,
+# each to FUZZ_EXECS or FUZZ_SECONDS (docs/reliability.md); prints execs and crashes.
+FUZZ_SECONDS ?= 900
+FUZZ_EXECS ?= 1000000
 .PHONY: fuzz
 fuzz: venv
-	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS)
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) --execs $(FUZZ_EXECS)
 
 # Soaks with figures (docs/reliability.md): SOAK_CUTS seeded power cuts on a 16 MiB
 # image (single/dual bank, DC-off/DC-on, chip ops and state writes) in parallel workers,

@@ -75,6 +75,18 @@ OBMC_MANIFEST = (b"purpose=xyz.openbmc_project.Software.Version.VersionPurpose.H
                  b"HashType=RSA-SHA256\nMachineName=board-a\nCompatibleName=vendor.board-a\n")
 
 
+def openbmc_seeds() -> dict[str, bytes]:
+    """A selector byte, then the input: ``M`` + MANIFEST text, ``T`` + a tarball."""
+    return {
+        "manifest": b"M" + OBMC_MANIFEST,
+        "unsigned-tar": b"T" + _tar({"MANIFEST": OBMC_MANIFEST, "image-bios": b"\xff" * 4096}),
+        "signed-shape": b"T" + _tar({
+            "MANIFEST": OBMC_MANIFEST, "image-bios": b"\x00" * 1024,
+            "publickey": b"-----BEGIN PUBLIC KEY-----\n",
+            "MANIFEST.sig": b"\x00" * 256, "image-bios.sig": b"\x01" * 256}),
+    }
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -87,13 +99,7 @@ def main() -> None:
                         "deep": b'{"signed": ' + b"[" * 3000,
                         "wrong-key": json.dumps({**doc, "signature": {
                             "keyid": "0" * 16, "sig": doc["signature"]["sig"]}}).encode()})
-    _write("openbmc", {
-        "manifest": b"M" + OBMC_MANIFEST,
-        "unsigned-tar": _tar({"MANIFEST": OBMC_MANIFEST, "image-bios": b"\xff" * 4096}),
-        "signed-shape": _tar({"MANIFEST": OBMC_MANIFEST, "image-bios": b"\x00" * 1024,
-                              "publickey": b"-----BEGIN PUBLIC KEY-----\n",
-                              "MANIFEST.sig": b"\x00" * 256, "image-bios.sig": b"\x01" * 256}),
-    })
+    _write("openbmc", openbmc_seeds())
     example = (Path(__file__).resolve().parent.parent / "examples" / "agent.toml").read_bytes()
     _write("config", {"example": example,
                       "minimal": b'[agent]\nnode_id = "n1"\nmachine_name = "board-a"\n'

@@ -5,13 +5,17 @@ the outside world reaches it (a datagram, a file on disk, a request body, a head
 lets only the documented error types through (:data:`ALLOWED`); anything else escaping
 is a crash — :func:`run_one` re-raises it so atheris/libFuzzer records the input.
 
-Targets must be deterministic and leave nothing behind: file inputs reuse one scratch
-file per process, under a temporary folder removed at exit.
+Inputs are fed from memory (``io.BytesIO``, ``tomllib.loads``) through the same parser
+functions the file-based APIs call, so no input costs a file write. Targets must be
+deterministic and leave nothing behind: what a parser writes (the OpenBMC importer's
+image and package) goes to one scratch folder per process (tmpfs where there is one),
+removed at exit.
 """
 
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import os
 import shutil
@@ -33,17 +37,11 @@ from fwrescue.redfish.messages import RequestError
 
 __all__ = ["ALLOWED", "TARGETS", "run_one"]
 
-# file inputs go through a memory-backed folder where there is one (a write per input)
+# what the importer writes goes to a memory-backed folder where there is one
 _SCRATCH = Path(tempfile.mkdtemp(prefix="fwrescue-fuzz-", dir="/dev/shm" if os.path.isdir(
     "/dev/shm") and os.access("/dev/shm", os.W_OK) else None))
 atexit.register(shutil.rmtree, _SCRATCH, True)
 _NOW = 1_700_000_000.0
-
-
-def _scratch_file(name: str, data: bytes) -> Path:
-    path = _SCRATCH / name
-    path.write_bytes(data)
-    return path
 
 
 # --- datagram codec -----------------------------------------------------------------------
@@ -64,13 +62,14 @@ def _codec() -> Callable[[bytes], None]:
 
 
 def _package() -> Callable[[bytes], None]:
-    from fwrescue.image.package import open_package
+    from fwrescue.image.package import read_package_layout
 
     def one(data: bytes) -> None:
-        reader = open_package(_scratch_file("in.fwpkg", data), max_image_size=1 << 20)
-        _ = reader.manifest
-        for _block in reader.iter_image(4096):
-            pass
+        # the parser behind open_package, over the bytes in memory (no file per input)
+        layout = read_package_layout(io.BytesIO(data), len(data), max_image_size=1 << 20)
+        _ = layout.signed.manifest
+        image = data[layout.image_offset:layout.image_offset + layout.image_size]
+        assert len(image) == layout.image_size, (layout, len(data))  # the layout holds it
 
     return one
 
@@ -99,23 +98,24 @@ def _manifest() -> Callable[[bytes], None]:
 
 
 def _openbmc() -> Callable[[bytes], None]:
-    from fwrescue.image.openbmc import import_openbmc, parse_openbmc_manifest
+    from fwrescue.image.openbmc import import_openbmc_stream, parse_openbmc_manifest
     from fwrescue.trust.keys import SigningKey, generate_keypair
 
     private, _public = generate_keypair(_SCRATCH / "obmc-keys", "fuzz")
     key = SigningKey.load(private)
     work = _SCRATCH / "obmc"
     work.mkdir()
+    out = work / "out.fwpkg"
 
     def one(data: bytes) -> None:
-        if data[:1] == b"M":  # the MANIFEST text alone (fast path for the line parser)
+        # a selector byte: "M" the MANIFEST text alone (the line parser), else a tarball
+        # (a tar's own first byte would collide: its first member is often "MANIFEST")
+        if data[:1] == b"M":
             parse_openbmc_manifest(data[1:])
             return
-        tar = _scratch_file("in.tar", data)
-        out = work / "out.fwpkg"
-        try:
-            import_openbmc(tar, out, key=key, security_version=1, max_image_size=1 << 20,
-                           workdir=work)
+        try:  # the tarball from memory; the image and the package go to the tmpfs folder
+            import_openbmc_stream(io.BytesIO(data[1:]), "in.tar", out, key=key,
+                                  security_version=1, max_image_size=1 << 20, workdir=work)
         finally:
             out.unlink(missing_ok=True)
 
@@ -126,10 +126,21 @@ def _openbmc() -> Callable[[bytes], None]:
 
 
 def _config() -> Callable[[bytes], None]:
-    from fwrescue.config import load_config
+    import tomllib
+
+    from fwrescue.config import parse_config
+
+    base = _SCRATCH / "config"  # relative paths in the config resolve here (made once)
+    base.mkdir()
 
     def one(data: bytes) -> None:
-        load_config(_scratch_file("agent.toml", data))
+        # load_config is tomllib.load + parse_config(data, folder); it turns exactly these
+        # three into ConfigError("not valid TOML") (tests/unit/test_fuzz_regressions.py)
+        try:
+            parsed = tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+            return
+        parse_config(parsed, base)
 
     return one
 

@@ -86,7 +86,9 @@ class Agent:
         self.verifier = Verifier(TrustStore.from_files(config.trust), self.rollback,
                                  max_image_size=config.max_image_size,
                                  fleet_floor=lambda target: floors.get(target, 0))
-        self.store = PackageStore(state / "store", max_image_size=config.max_image_size)
+        # the verifier re-checks every envelope found on disk (a tampered store is junk)
+        self.store = PackageStore(state / "store", verifier=self.verifier,
+                                  max_image_size=config.max_image_size)
         # One group socket for the donor and every recovery session (storm control: each
         # socket on the group receives every datagram), and the images being received,
         # whose verified chunks the donor serves onward (partial donor).

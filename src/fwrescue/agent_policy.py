@@ -236,13 +236,13 @@ class AgentFleetPolicy:
             entry = {"t": round(time.time(), 3), "event": event, **fields}
             agent.events(OperationEvent(
                 op_id=op_id, kind="update", target=target, state=OperationState.RUNNING,
-                phase="soliciting", percent=10, message=event, transcript_entry=entry))
+                phase="soliciting", message=event, transcript_entry=entry))
 
         def progress(done: int, total: int) -> None:
             agent.events(OperationEvent(
                 op_id=op_id, kind="update", target=target, state=OperationState.RUNNING,
-                phase="transferring", percent=10 + (45 * done // total if total else 0),
-                message=f"{done}/{total} bytes"))
+                phase="transferring", message=f"{done}/{total} bytes", done_bytes=done,
+                total_bytes=total))
 
         note("start", kind="update", reason=reason)
         installed = engine.installed()
@@ -267,8 +267,7 @@ class AgentFleetPolicy:
             self._failed(target, str(e))
             agent.events(OperationEvent(
                 op_id=op_id, kind="update", target=target, state=OperationState.EXCEPTION,
-                phase="failed", percent=100, message=str(e)[:400],
-                message_id="Update.1.3.ApplyFailed", args=(target,)))
+                phase="failed", message=str(e)[:400], entered=True))
             return
         agent.results[target] = result
         self.outcomes[target] = (f"updated to {result.version_after}" if result.ok

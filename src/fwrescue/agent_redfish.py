@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fwrescue import __version__
+from fwrescue import agent_progress as progress
 from fwrescue.atomicfile import atomic_write
 from fwrescue.errors import CompatibilityError, ConfigError, HostError, PackageError
 from fwrescue.host.base import PowerState
@@ -39,7 +40,6 @@ from fwrescue.redfish.backend import (
     Unsubscribe,
     WithheldImage,
 )
-from fwrescue.redfish.tasks import TASKS_URI
 
 if TYPE_CHECKING:
     from fwrescue.agent import Agent
@@ -76,17 +76,6 @@ def _json_safe(value: Any, depth: int = 0) -> Any:
     if depth < _MAX_DEPTH and isinstance(value, list | tuple | set | frozenset):
         return [_json_safe(v, depth + 1) for v in value]
     return str(value)
-
-
-def _registry_args(event: EngineEvent, percent: int) -> tuple[str, ...]:
-    """The ``%1``… arguments of the TaskEvent messages the engine names (it sends none)."""
-    if event.args:
-        return event.args
-    if event.message_id == "TaskEvent.1.0.TaskProgressChanged":
-        return (event.op_id, str(percent))
-    if event.message_id.startswith("TaskEvent.1.0.Task"):
-        return (event.op_id,)  # TaskStarted, TaskCompletedOK, TaskAborted…: the task's Id
-    return ()
 
 
 class AgentBackend:
@@ -279,9 +268,8 @@ class AgentBackend:
     def _emit_pending(self, op_id: str, target: str, version: str) -> None:
         self._agent.events(EngineEvent(
             op_id=op_id, kind="update", target=target, state=EngineState.COMPLETED,
-            phase="staged", percent=100,
-            message=f"{version} verified and staged; it is applied at the next reset",
-            message_id="Update.1.3.OperationTransitionedToJob", args=(f"{TASKS_URI}/{op_id}",)))
+            phase="staged", entered=True,
+            message=f"{version} verified and staged; it is applied at the next reset"))
 
     # --- fleet policy (redfish/routes_policy.py) ------------------------------------------
 
@@ -334,13 +322,14 @@ class AgentBackend:
 
     @staticmethod
     def _convert(event: EngineEvent) -> OperationEvent | None:
-        percent = max(0, min(100, event.percent))
+        percent = max(0, min(100, progress.percent(event)))
+        msg_id = progress.message_id(event)
         try:
             return OperationEvent(
                 op_id=event.op_id, kind="update" if event.kind == "update" else "recovery",
                 state=event.state.value, percent=percent,
-                message_id=event.message_id, message=event.message[:500],
-                args=_registry_args(event, percent),
+                message_id=msg_id, message=event.message[:500],
+                args=progress.message_args(event, msg_id, percent),
                 transcript_entry=_json_safe(event.transcript_entry)
                 if event.transcript_entry else None,
                 target=event.target, extra={"phase": event.phase})

@@ -12,7 +12,8 @@ from fuzz.targets import TARGETS
 
 REPO = Path(__file__).resolve().parents[2]
 SECONDS_PER_TARGET = 3
-ROW = re.compile(r"^(\w+)\s+([\d,]+)\s+([\d,]+)\s+(\d+)$", re.M)
+EXECS = 20_000  # the fast targets reach it within the 3 s, the slow ones stop at the cap
+ROW = re.compile(r"^(\w+)\s+([\d,]+)\s+([\d,]+)\s+(\d+)\s+\d+\s+(yes|no)$", re.M)
 
 
 def test_every_fuzz_target_runs_from_its_seeds_without_a_crash(tmp_path: Path) -> None:
@@ -20,12 +21,16 @@ def test_every_fuzz_target_runs_from_its_seeds_without_a_crash(tmp_path: Path) -
         assert list((REPO / "fuzz" / "corpus" / name).iterdir()), f"no seeds for {name}"
     proc = subprocess.run(
         [sys.executable, "-m", "fuzz.run", "--seconds", str(SECONDS_PER_TARGET),
-         "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-        timeout=60 * len(TARGETS), check=False)
-    rows = {m[0]: (int(m[1].replace(",", "")), int(m[3])) for m in ROW.findall(proc.stdout)}
+         "--execs", str(EXECS), "--workdir", str(tmp_path)], cwd=REPO, capture_output=True,
+        text=True, timeout=60 * len(TARGETS), check=False)
+    rows = {m[0]: (int(m[1].replace(",", "")), int(m[3]), m[4])
+            for m in ROW.findall(proc.stdout)}
     assert set(rows) == set(TARGETS), proc.stdout + proc.stderr[-2000:]
-    for name, (execs, crashes) in rows.items():
+    for name, (execs, crashes, reached) in rows.items():
         log = (tmp_path / f"{name}.log").read_text(errors="replace")
         assert crashes == 0, f"{name} crashed:\n{log[-3000:]}"
         assert execs > 0, f"{name} never ran:\n{log[-3000:]}"
+        # each stops at --execs (libFuzzer -runs) or the time cap, and says which
+        assert execs <= EXECS, proc.stdout
+        assert (reached == "yes") == (execs == EXECS), proc.stdout
     assert proc.returncode == 0, proc.stdout

@@ -16,6 +16,7 @@ from fwrescue.errors import (
     SignatureError,
     SizeLimitExceeded,
 )
+from fwrescue.trust.digests import addressed, digests_match, image_hasher, sha256_hex
 from fwrescue.trust.manifest import SignedManifest
 from fwrescue.trust.rollback import RollbackStore
 from fwrescue.trust.verifier import Verifier
@@ -126,6 +127,31 @@ def test_accumulated_whole_image_digest_must_match_size_and_sha256(signer: Signe
     with pytest.raises(ChunkMismatch, match="digest"):
         Verifier.verify_image_digest(verified, sha[:-1] + "\u00e9", size)
 
+
+def test_read_back_matches_only_the_signed_image_digest(signer: Signer, tmp_path: Path) -> None:
+    fw = signer.firmware(size=65536 + 3)
+    verified = signer.verifier(tmp_path).verify_manifest(fw.signed.raw, target="bios",
+                                                         machine_name="board-a")
+    assert Verifier.image_matches(verified, sha256_hex(fw.image))
+    assert not Verifier.image_matches(verified, sha256_hex(fw.image[:-1] + b"\0"))
+    assert not Verifier.image_matches(verified, fw.manifest.sha256[:-1] + "\u00e9")
+
+
+def test_digest_comparisons_need_one_type_and_ascii_text() -> None:
+    assert digests_match("ab" * 32, "ab" * 32) and digests_match(b"\x01\x02", b"\x01\x02")
+    assert not digests_match("ab" * 32, "ab" * 31 + "ac")
+    assert not digests_match(b"\x01", "01")  # bytes never equal text
+    assert not digests_match("\u00e9", "\u00e9")  # non-ASCII text never matches
+    hasher = image_hasher()
+    hasher.update(b"abc")
+    assert hasher.hexdigest() == sha256_hex(b"abc")
+
+
+def test_content_address_names_exactly_its_bytes() -> None:
+    raw = b'{"manifest": 1}'
+    assert addressed(raw, sha256_hex(raw))
+    assert not addressed(raw + b" ", sha256_hex(raw))
+    assert not addressed(raw, sha256_hex(raw).upper())
 
 def test_image_larger_than_the_agent_limit_is_refused(signer: Signer, tmp_path: Path) -> None:
     from fwrescue.trust.keys import TrustStore

@@ -34,6 +34,7 @@ from fwrescue.flash._bounds import FlashAddressError, check_span
 from fwrescue.flash.device import FlashChip, Progress, StopCheck, WriteReport
 from fwrescue.flash.timing import W25Q_JV, ChipTiming
 from fwrescue.flash.writer import EraseAwareFlash, read_region_to
+from fwrescue.trust.digests import digests_match
 
 __all__ = [
     "BankState",
@@ -134,7 +135,7 @@ def decode_marker(raw: bytes) -> BankState | None:
     if len(raw) < MARKER_RECORD_SIZE:
         return None
     body, digest = raw[: _BODY.size], raw[_BODY.size : MARKER_RECORD_SIZE]
-    if hashlib.sha256(body).digest() != digest:
+    if not digests_match(hashlib.sha256(body).digest(), digest):
         return None
     magic, seq, active, length, sha = _BODY.unpack(body)
     if magic != _MAGIC or active not in (0, 1):
@@ -278,7 +279,7 @@ class BankedFlash:
         if not st.image_sha256:
             raise FlashVerifyError("active bank has no recorded image", bank=st.active)
         got = self.bank(st.active).sha256(0, st.image_length)
-        if got != st.image_sha256:
+        if not digests_match(got, st.image_sha256):
             raise FlashVerifyError("active bank does not match its recorded digest", bank=st.active)
 
     def write(self, offset: int, image: Path, progress: Progress | None = None) -> WriteReport:
@@ -320,7 +321,7 @@ class BankedFlash:
         if prev is None:
             return None
         got = self.bank(prev.active).sha256(0, prev.image_length)
-        return got.hex() if got == prev.image_sha256 else None
+        return got.hex() if digests_match(got, prev.image_sha256) else None
 
     def fall_back(self) -> None:
         """Make the previously active bank active again (a new marker record; the banks are

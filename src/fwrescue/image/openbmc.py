@@ -52,7 +52,8 @@ from fwrescue.image.package import PackageTooLarge, build_package
 from fwrescue.trust.keys import SigningKey
 from fwrescue.trust.manifest import MAX_IMAGE_SIZE, SignedManifest
 
-__all__ = ["HOST_PURPOSE", "OpenBmcManifest", "import_openbmc", "parse_openbmc_manifest"]
+__all__ = ["HOST_PURPOSE", "OpenBmcManifest", "import_openbmc", "import_openbmc_stream",
+           "parse_openbmc_manifest"]
 
 HOST_PURPOSE = "xyz.openbmc_project.Software.Version.VersionPurpose.Host"
 _MAX_MEMBERS = 16  # MANIFEST, image, publickey and their .sig files, with room to spare
@@ -157,52 +158,51 @@ def _member_name(info: tarfile.TarInfo) -> str | None:
     return name
 
 
-def _extract(tar: Path, workdir: Path, max_image_size: int) -> _Extracted:
+def _extract(raw: BinaryIO, workdir: Path, max_image_size: int) -> _Extracted:
     out = _Extracted()
     limit = max_image_size + _MAX_MEMBERS * (_MAX_MANIFEST + _MAX_SIG) + _MAX_HEADER_OVERHEAD
-    with open(tar, "rb") as raw:
-        magic = raw.read(2)
-        raw.seek(0)
-        inner: BinaryIO = (
-            cast(BinaryIO, gzip.GzipFile(fileobj=raw)) if magic == b"\x1f\x8b" else raw)
-        bounded = io.BufferedReader(_BoundedReader(inner, limit))
-        with tarfile.open(fileobj=bounded, mode="r|") as archive:
-            count = 0
-            seen: set[str] = set()
-            for info in archive:
-                count += 1
-                if count > _MAX_MEMBERS:
-                    raise PackageError("OpenBMC tarball has too many members",
-                                       limit=_MAX_MEMBERS)
-                name = _member_name(info)
-                if name is None:
-                    continue
-                if name in seen:
-                    raise PackageError("OpenBMC tarball repeats a member", name=name)
-                seen.add(name)
-                source = archive.extractfile(info)
-                if source is None:  # pragma: no cover - isreg() was checked
-                    raise PackageError("OpenBMC tarball member unreadable", name=name)
-                if name in ("MANIFEST", "publickey") or name.endswith(".sig"):
-                    bound = {"MANIFEST": _MAX_MANIFEST, "publickey": _MAX_PUBLICKEY}.get(
-                        name, _MAX_SIG)
-                    if info.size > bound:
-                        raise PackageTooLarge("OpenBMC tarball member too large",
-                                                name=name, size=info.size, limit=bound)
-                    out.small[name] = source.read(info.size)
-                    continue
-                if out.image_path is not None:
-                    raise PackageError("OpenBMC tarball holds more than one image",
-                                       names=[out.image_name, name])
-                if info.size > max_image_size:
-                    raise PackageTooLarge("OpenBMC image too large", size=info.size,
-                                            limit=max_image_size)
-                out.image_name = name
-                out.image_path = workdir / "image.bin"
-                with open(out.image_path, "wb") as dst:
-                    shutil.copyfileobj(source, dst, _COPY_BLOCK)
-                if out.image_path.stat().st_size != info.size:
-                    raise PackageError("OpenBMC image truncated", name=name)
+    magic = raw.read(2)
+    raw.seek(0)
+    inner: BinaryIO = (
+        cast(BinaryIO, gzip.GzipFile(fileobj=raw)) if magic == b"\x1f\x8b" else raw)
+    bounded = io.BufferedReader(_BoundedReader(inner, limit))
+    with tarfile.open(fileobj=bounded, mode="r|") as archive:
+        count = 0
+        seen: set[str] = set()
+        for info in archive:
+            count += 1
+            if count > _MAX_MEMBERS:
+                raise PackageError("OpenBMC tarball has too many members",
+                                   limit=_MAX_MEMBERS)
+            name = _member_name(info)
+            if name is None:
+                continue
+            if name in seen:
+                raise PackageError("OpenBMC tarball repeats a member", name=name)
+            seen.add(name)
+            source = archive.extractfile(info)
+            if source is None:  # pragma: no cover - isreg() was checked
+                raise PackageError("OpenBMC tarball member unreadable", name=name)
+            if name in ("MANIFEST", "publickey") or name.endswith(".sig"):
+                bound = {"MANIFEST": _MAX_MANIFEST, "publickey": _MAX_PUBLICKEY}.get(
+                    name, _MAX_SIG)
+                if info.size > bound:
+                    raise PackageTooLarge("OpenBMC tarball member too large",
+                                            name=name, size=info.size, limit=bound)
+                out.small[name] = source.read(info.size)
+                continue
+            if out.image_path is not None:
+                raise PackageError("OpenBMC tarball holds more than one image",
+                                   names=[out.image_name, name])
+            if info.size > max_image_size:
+                raise PackageTooLarge("OpenBMC image too large", size=info.size,
+                                        limit=max_image_size)
+            out.image_name = name
+            out.image_path = workdir / "image.bin"
+            with open(out.image_path, "wb") as dst:
+                shutil.copyfileobj(source, dst, _COPY_BLOCK)
+            if out.image_path.stat().st_size != info.size:
+                raise PackageError("OpenBMC image truncated", name=name)
     return out
 
 
@@ -290,13 +290,44 @@ def import_openbmc(
     ManifestError (a value the fwrescue manifest refuses), ConfigError (unreadable
     trusted key). ``out`` is written only when every check passed.
     """
+    try:
+        raw = open(tar, "rb")  # noqa: SIM115 - closed below, after the import
+    except OSError as e:
+        raise PackageError("cannot read OpenBMC tarball", path=str(tar),
+                           detail=str(e)[:200]) from e
+    with raw:
+        return import_openbmc_stream(
+            raw, tar.name, out, key=key, security_version=security_version,
+            trusted_rsa_keys=trusted_rsa_keys, target=target, chunk_size=chunk_size,
+            max_image_size=max_image_size, workdir=workdir)
+
+
+def import_openbmc_stream(
+    raw: BinaryIO,
+    name: str,
+    out: Path,
+    *,
+    key: SigningKey,
+    security_version: int,
+    trusted_rsa_keys: Mapping[str, Path] | None = None,
+    target: str = "bios",
+    chunk_size: int = 64 * 1024,
+    max_image_size: int = MAX_IMAGE_SIZE,
+    workdir: Path | None = None,
+) -> SignedManifest:
+    """:func:`import_openbmc` of a tarball read from the seekable binary stream ``raw``
+    (a file or an ``io.BytesIO``) called ``name`` (for the package description).
+
+    The one import path (:func:`import_openbmc` opens the file and calls this); raises
+    what :func:`import_openbmc` documents.
+    """
     with tempfile.TemporaryDirectory(dir=workdir or out.parent, prefix=".obmc-") as tmp:
         try:
-            extracted = _extract(tar, Path(tmp), max_image_size)
+            extracted = _extract(raw, Path(tmp), max_image_size)
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
             raise PackageError("not a readable OpenBMC tarball", detail=str(e)[:200]) from e
         except OSError as e:
-            raise PackageError("cannot read OpenBMC tarball", path=str(tar),
+            raise PackageError("cannot read OpenBMC tarball", path=name,
                                detail=str(e)[:200]) from e
         if "MANIFEST" not in extracted.small:
             raise PackageError("OpenBMC tarball has no MANIFEST")
@@ -320,7 +351,7 @@ def import_openbmc(
         signed = build_package(
             extracted.image_path, out, key=key, target=target, machine_names=names,
             version=obmc.version, security_version=security_version,
-            chunk_size=chunk_size, description=f"imported from OpenBMC {tar.name}"[:256],
+            chunk_size=chunk_size, description=f"imported from OpenBMC {name}"[:256],
             extra=extra,
         )
         return signed

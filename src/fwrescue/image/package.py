@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 from fwrescue.atomicfile import atomic_replace, commit_file
 from fwrescue.errors import ConfigError, PackageError, SizeLimitExceeded
+from fwrescue.trust.digests import digests_match
 from fwrescue.trust.keys import SigningKey
 from fwrescue.trust.manifest import MAX_IMAGE_SIZE, MAX_MANIFEST_BYTES, Manifest, SignedManifest
 from fwrescue.trust.verifier import VerifiedManifest, Verifier
@@ -42,12 +43,14 @@ __all__ = [
     "IMAGE_MEMBER",
     "MANIFEST_MEMBER",
     "PACKAGE_SUFFIX",
+    "PackageLayout",
     "PackageReader",
     "PackageTooLarge",
     "build_package",
     "describe",
     "extract_verified",
     "open_package",
+    "read_package_layout",
     "stage_package",
     "write_package",
 ]
@@ -74,6 +77,9 @@ _TYPE_NAMES = {
     b"x": "pax extended header", b"g": "pax global header",
     b"L": "GNU long name", b"K": "GNU long link name",
 }
+
+
+_LOW_BYTES = bytes(range(0x80))
 
 
 def _padded(size: int) -> int:
@@ -121,7 +127,7 @@ def write_package(out: Path, manifest_raw: bytes, image: Path, *,
                 copied += len(block)
             if src.read(1):
                 raise PackageError("image grew while packaging", path=str(image))
-        if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+        if expected_sha256 is not None and not digests_match(digest.hexdigest(), expected_sha256):
             raise PackageError("image changed while packaging", path=str(image))
         f.write(b"\0" * (_padded(size) - size + 2 * _BLOCK))  # padding + end of archive
 
@@ -204,8 +210,10 @@ def _parse_header(block: bytes, expected: str, position: int) -> int:
     if block == b"\0" * _BLOCK:
         raise PackageError("package is missing a member", member=expected)
     stored = _octal(block[148:156], "checksum")
-    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
-    signed = sum(b - 256 if b > 127 else b for b in block[:148] + b" " * 8 + block[156:])
+    rest = block[:148] + block[156:]
+    unsigned = sum(rest) + 8 * 0x20
+    # the signed-char sum some old tars wrote: each byte >= 0x80 counts 256 less
+    signed = unsigned - 256 * len(rest.translate(None, _LOW_BYTES))
     if stored not in (unsigned, signed):
         raise PackageError("tar header checksum mismatch", member=expected, position=position)
     if block[257:263] != b"ustar\0" and block[257:265] != b"ustar  \0":
@@ -278,6 +286,68 @@ def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class PackageLayout:
+    """Where the members of a checked package lie, and its parsed (untrusted) manifest."""
+
+    manifest_raw: bytes
+    signed: SignedManifest
+    image_offset: int
+    image_size: int
+
+
+def read_package_layout(
+    f: BinaryIO,
+    file_size: int,
+    *,
+    max_manifest_bytes: int = MAX_MANIFEST_BYTES,
+    max_image_size: int = MAX_IMAGE_SIZE,
+) -> PackageLayout:
+    """Check the layout of the package in the seekable binary stream ``f`` (positioned at
+    its start, ``file_size`` bytes long) and parse its manifest envelope (shape only).
+
+    The one parser behind :func:`open_package`; also takes an ``io.BytesIO``. Raises
+    what :func:`open_package` documents, except that OSError from ``f`` propagates.
+    """
+    manifest_size = _parse_header(f.read(_BLOCK), MANIFEST_MEMBER, 0)
+    if manifest_size > max_manifest_bytes:
+        raise PackageTooLarge("package manifest too large", size=manifest_size,
+                              limit=max_manifest_bytes)
+    if manifest_size == 0:
+        raise PackageError("package manifest is empty")
+    raw = _read_exact(f, manifest_size, MANIFEST_MEMBER)
+    _read_exact(f, _padded(manifest_size) - manifest_size, MANIFEST_MEMBER)
+    header_at = _BLOCK + _padded(manifest_size)
+    image_size = _parse_header(f.read(_BLOCK), IMAGE_MEMBER, header_at)
+    if image_size > max_image_size:
+        raise PackageTooLarge("package image too large", size=image_size,
+                              limit=max_image_size)
+    image_offset = header_at + _BLOCK
+    trailer_at = image_offset + _padded(image_size)
+    trailer = file_size - trailer_at
+    if trailer < 2 * _BLOCK:
+        raise PackageError("package truncated", size=file_size,
+                           expected_at_least=trailer_at + 2 * _BLOCK)
+    if trailer > _MAX_TRAILER:
+        raise PackageError("trailing data after the package members", bytes=trailer)
+    f.seek(image_offset + image_size)
+    tail = f.read(trailer_at - image_offset - image_size)
+    if tail.count(0) != len(tail):
+        raise PackageError("non-zero padding after the image")
+    first = f.read(_BLOCK)
+    if first != b"\0" * _BLOCK:
+        raise PackageError("package has an extra member after image.bin")
+    rest = f.read(_MAX_TRAILER)
+    if rest.count(0) != len(rest):
+        raise PackageError("trailing data after the package members")
+    signed = SignedManifest.parse(raw, max_bytes=max_manifest_bytes)
+    if signed.manifest.size != image_size:
+        raise PackageError("image member size differs from the manifest", member=image_size,
+                           manifest=signed.manifest.size)
+    return PackageLayout(manifest_raw=raw, signed=signed, image_offset=image_offset,
+                         image_size=image_size)
+
+
 def open_package(
     path: Path,
     *,
@@ -291,6 +361,7 @@ def open_package(
     names, truncation, trailing data); PackageTooLarge (a PackageError and a
     SizeLimitExceeded) when a member is larger than
     its limit (checked before reading it); ManifestError for a malformed envelope.
+    The checks are :func:`read_package_layout`'s.
     """
     try:
         # O_NONBLOCK: a FIFO or device named *.fwpkg must not hang the reader.
@@ -300,46 +371,12 @@ def open_package(
             os.close(fd)
             raise PackageError("package is not a regular file", path=str(path))
         with os.fdopen(fd, "rb") as f:
-            file_size = st.st_size
-            manifest_size = _parse_header(f.read(_BLOCK), MANIFEST_MEMBER, 0)
-            if manifest_size > max_manifest_bytes:
-                raise PackageTooLarge("package manifest too large", size=manifest_size,
-                                        limit=max_manifest_bytes)
-            if manifest_size == 0:
-                raise PackageError("package manifest is empty")
-            raw = _read_exact(f, manifest_size, MANIFEST_MEMBER)
-            _read_exact(f, _padded(manifest_size) - manifest_size, MANIFEST_MEMBER)
-            header_at = _BLOCK + _padded(manifest_size)
-            image_size = _parse_header(f.read(_BLOCK), IMAGE_MEMBER, header_at)
-            if image_size > max_image_size:
-                raise PackageTooLarge("package image too large", size=image_size,
-                                        limit=max_image_size)
-            image_offset = header_at + _BLOCK
-            trailer_at = image_offset + _padded(image_size)
-            trailer = file_size - trailer_at
-            if trailer < 2 * _BLOCK:
-                raise PackageError("package truncated", size=file_size,
-                                   expected_at_least=trailer_at + 2 * _BLOCK)
-            if trailer > _MAX_TRAILER:
-                raise PackageError("trailing data after the package members", bytes=trailer)
-            f.seek(image_offset + image_size)
-            tail = f.read(trailer_at - image_offset - image_size)
-            if tail.count(0) != len(tail):
-                raise PackageError("non-zero padding after the image")
-            first = f.read(_BLOCK)
-            if first != b"\0" * _BLOCK:
-                raise PackageError("package has an extra member after image.bin")
-            rest = f.read(_MAX_TRAILER)
-            if rest.count(0) != len(rest):
-                raise PackageError("trailing data after the package members")
+            layout = read_package_layout(f, st.st_size, max_manifest_bytes=max_manifest_bytes,
+                                         max_image_size=max_image_size)
     except OSError as e:
         raise PackageError("cannot read package", path=str(path), detail=str(e)) from e
-    signed = SignedManifest.parse(raw, max_bytes=max_manifest_bytes)
-    if signed.manifest.size != image_size:
-        raise PackageError("image member size differs from the manifest", member=image_size,
-                           manifest=signed.manifest.size)
-    return PackageReader(path=path, manifest_raw=raw, signed=signed,
-                         image_offset=image_offset, image_size=image_size)
+    return PackageReader(path=path, manifest_raw=layout.manifest_raw, signed=layout.signed,
+                         image_offset=layout.image_offset, image_size=layout.image_size)
 
 
 # --- verified copying ----------------------------------------------------------------------

@@ -20,7 +20,6 @@ solicits from it often).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import stat
@@ -38,6 +37,7 @@ from fwrescue.errors import (
     SizeLimitExceeded,
 )
 from fwrescue.image.package import extract_verified, open_package, write_package
+from fwrescue.trust.digests import addressed
 from fwrescue.trust.manifest import MAX_IMAGE_SIZE, MAX_MANIFEST_BYTES, Manifest, SignedManifest
 from fwrescue.trust.verifier import VerifiedManifest, Verifier
 
@@ -141,7 +141,7 @@ class PackageStore:
             raise SizeLimitExceeded("stored manifest too large", size=st.st_size,
                                     limit=self._max_manifest_bytes)
         raw = path.read_bytes()
-        if hashlib.sha256(raw).hexdigest() != digest:
+        if not addressed(raw, digest):
             raise StoreError("stored manifest does not hash to its name")
         signed = SignedManifest.parse(raw, max_bytes=self._max_manifest_bytes)
         if self._verifier is not None:

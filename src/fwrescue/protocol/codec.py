@@ -34,6 +34,7 @@ from collections import OrderedDict
 from typing import Any, Final
 
 from fwrescue.errors import LocalProtocolError, RemoteProtocolError
+from fwrescue.trust.digests import digests_match
 
 from .messages import (
     Accept,
@@ -221,8 +222,7 @@ class Codec:
             raise _bad("length mismatch (truncated or trailing bytes)", size=len(data),
                        body_length=length)
         end = _HEADER.size + length
-        if self._key is not None and not hmac.compare_digest(data[end:],
-                                                             _tag(self._key, data[:end])):
+        if self._key is not None and not digests_match(data[end:], _tag(self._key, data[:end])):
             raise _bad("bad HMAC tag")
         body = self._parse(data[_HEADER.size:end])
         msg = self._build(body)

@@ -308,19 +308,24 @@ class RecipientSession:
         self._excluded[donor_id] = _clean_reason(reason)
 
 
+    def _bound(self, action: str) -> _Candidate:
+        """The accepted offer, for an ``action`` allowed only in BOUND; raise
+        LocalProtocolError (poisoning the session) otherwise."""
+        self._sm.expect(_S.BOUND, action=action)
+        if self._current is None:  # BOUND always has one: reaching this is a local bug
+            self._sm.state = _S.ERROR
+            raise LocalProtocolError(f"{action}: bound without an accepted offer")
+        return self._current
+
     def donor_failed(self, reason: str, now: float) -> None:
         """The transfer from the ACKed donor failed: never use it again; try the next offer."""
-        self._sm.expect(_S.BOUND, action="donor_failed")
-        assert self._current is not None  # BOUND implies an accepted candidate
-        offer = self._current[0]
+        offer = self._bound("donor_failed")[0]
         self._failed_donors.add(offer.donor_id)
         self._next(now, f"donor {offer.donor_id} failed: {_clean_reason(reason)}")
 
     def decline(self, reason: str, now: float) -> None:
         """The ACKed donor's package failed verification: DECLINE it, blacklist its digest."""
-        self._sm.expect(_S.BOUND, action="decline")
-        assert self._current is not None
-        offer, addr = self._current
+        offer, addr = self._bound("decline")
         why = _clean_reason(reason)
         self._outbox.append((Decline(xid=offer.xid, recipient_id=self.identity.node_id,
                                      donor_id=offer.donor_id,
@@ -333,9 +338,7 @@ class RecipientSession:
         not hash to the offered digest, a chunk off the signed list): the *carrier* is bad,
         not necessarily the image. DECLINE it so its reservation ends at once, never use
         that donor again, but keep the digest acceptable from honest donors."""
-        self._sm.expect(_S.BOUND, action="reject_carrier")
-        assert self._current is not None
-        offer, addr = self._current
+        offer, addr = self._bound("reject_carrier")
         why = _clean_reason(reason)
         self._outbox.append((Decline(xid=offer.xid, recipient_id=self.identity.node_id,
                                      donor_id=offer.donor_id,
@@ -345,9 +348,7 @@ class RecipientSession:
 
     def release(self, outcome: str, bytes_received: int, now: float) -> None:
         """Done with the donor: send RELEASE; the session ends (state DONE)."""
-        self._sm.expect(_S.BOUND, action="release")
-        assert self._current is not None
-        offer, addr = self._current
+        offer, addr = self._bound("release")
         msg = Release(xid=offer.xid, recipient_id=self.identity.node_id,
                       donor_id=offer.donor_id, outcome=outcome, bytes_received=bytes_received)
         self._outbox.append((msg, addr))

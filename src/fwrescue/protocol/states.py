@@ -1,9 +1,11 @@
 """Everything that affects the negotiation state machines lives in this file.
 
 Two literal transition tables (after h11's ``_state.py``): one for the recipient session,
-one for a donor's per-solicit state. A pair missing from a table is an illegal transition:
-:meth:`StateMachine.fire` raises :class:`~fwrescue.errors.LocalProtocolError` and moves the
-machine to ``ERROR``, which has no way out (the session is poisoned).
+one for a donor's per-solicit state. The diagrams below show every pair of each table
+(``tests/unit/protocol/test_proto_states.py`` parses their arrows and compares). A pair
+missing from a table is an illegal transition: :meth:`StateMachine.fire` raises
+:class:`~fwrescue.errors.LocalProtocolError` and moves the machine to ``ERROR``, which
+has no way out (the session is poisoned).
 
 Recipient (RFC 2131 §4.4 client states, renamed)::
 
@@ -26,6 +28,9 @@ Donor, per (recipient_id, xid)::
     PENDING --SUPPRESS--> SUPPRESSED        (enough offers overheard, or no longer able)
     PENDING|OFFERED --LOSE--> LOST          (the recipient's ACCEPT named another donor)
     PENDING|SUPPRESSED --GRANT--> RESERVED  (an ACCEPT may name us before our offer left)
+    LOST|ENDED --GRANT--> RESERVED          (the recipient moved on to us on the same xid:
+                                             its next offer after a NAK, or after our
+                                             reservation ended)
     OFFERED|SUPPRESSED|LOST|ENDED --RESOLICIT--> PENDING   (a retransmitted SOLICIT)
     RESERVED --LOSE--> ENDED                (superseded: the recipient moved on)
 """

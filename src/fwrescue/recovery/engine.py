@@ -74,21 +74,18 @@ __all__ = ["EngineSettings", "Integrity", "OperationResult", "RecoveryEngine"]
 
 T = TypeVar("T")
 
-_PROGRESS = "TaskEvent.1.0.TaskProgressChanged"
-#: what each phase tells an operator (Redfish Update/TaskEvent registry ids and plain text)
-_PHASE_MESSAGES: dict[Phase, tuple[str, str]] = {
-    Phase.DETECTED: (_PROGRESS, ""),
-    Phase.LOCATING: (_PROGRESS, "searching the predetermined image locations"),
-    Phase.SOLICITING: ("Update.1.3.TransferringToComponent",
-                       "soliciting donors and transferring a verified image"),
-    Phase.STAGED: ("Update.1.3.VerifyingAtComponent", "image verified and staged"),
-    Phase.FLASHING: ("Update.1.3.InstallingOnComponent",
-                     "host held; writing and reading back the flash"),
-    Phase.BOOTING: ("Update.1.3.ApplyingOnComponent", "flash verified; booting the host"),
-    Phase.RECOVERED: ("Update.1.3.UpdateSuccessful", "firmware installed and the host booted"),
-    Phase.FAILED: ("Update.1.3.ApplyFailed", "the operation failed"),
+#: what each phase tells an operator, in plain text (MessageIds and percentages are the
+#: Redfish side's: fwrescue.agent_progress maps these events)
+_PHASE_TEXT: dict[Phase, str] = {
+    Phase.DETECTED: "",
+    Phase.LOCATING: "searching the predetermined image locations",
+    Phase.SOLICITING: "soliciting donors and transferring a verified image",
+    Phase.STAGED: "image verified and staged",
+    Phase.FLASHING: "host held; writing and reading back the flash",
+    Phase.BOOTING: "flash verified; booting the host",
+    Phase.RECOVERED: "firmware installed and the host booted",
+    Phase.FAILED: "the operation failed",
 }
-_PHASE_PERCENT = {Phase.DETECTED: 0, Phase.LOCATING: 5, Phase.SOLICITING: 10, Phase.STAGED: 55}
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +160,7 @@ class RecoveryEngine(PowerGuard):
         self.current: JournalRecord | None = None
         self.last_result: OperationResult | None = None
         self.last_boot: BootResult | None = None
-        self._percent = 0
+        self._bytes: tuple[int, int] | None = None  # the current phase's byte progress
         self._cancel = threading.Event()  # read by the flash thread between windows
         self._cancel_async = asyncio.Event()
         self._cancellable = False
@@ -204,7 +201,7 @@ class RecoveryEngine(PowerGuard):
             size = verified.manifest.size
             if size != self._flash.size:  # an image must cover the whole region (see _fits)
                 continue
-            if self._flash_digest(size) == verified.manifest.sha256:
+            if Verifier.image_matches(verified, self._flash_digest(size)):
                 if installed is None:
                     self._journal.set_installed(verified.signed.raw)
                 return Integrity(True, "flash matches the signed image", verified)
@@ -399,7 +396,7 @@ class RecoveryEngine(PowerGuard):
                 donor_id=located.donor_id, donor_kind=located.donor_kind))
         self._check_cancel("before the host was held")
         await self._hold_host()
-        record = self._record(record.advance(Phase.FLASHING), percent=60)
+        record = self._record(record.advance(Phase.FLASHING))
         try:
             await self._write_verified(verified, image)
         except FlashCancelled as e:
@@ -413,7 +410,7 @@ class RecoveryEngine(PowerGuard):
                 f"blocks at offset {e.fields.get('offset')}, the flash is incomplete and the "
                 "host stays held", **e.fields) from e
         self._cancellable = False  # the flash verified: from here the operation completes
-        record = self._record(record.advance(Phase.BOOTING), percent=90)
+        record = self._record(record.advance(Phase.BOOTING))
         self._journal.set_installed(verified.signed.raw)
         booted = await self._release_and_boot()
         if booted is not None and self._on_boot_checked is not None:
@@ -435,14 +432,13 @@ class RecoveryEngine(PowerGuard):
             version_before=record.version_before, version_after=verified.manifest.version,
             booted=booted, seconds=self._clock() - started)
         self._note("done", version=verified.manifest.version, booted=booted)
-        self._record(record, state=OperationState.COMPLETED, percent=100,
-                     message_id="Update.1.3.UpdateSuccessful")
+        self._record(record, state=OperationState.COMPLETED)
         self._journal.finish(record, self._transcript)
         return result
 
     async def _locate(self, record: JournalRecord) -> Located:
         s = self.settings
-        self._record(record.advance(Phase.LOCATING), percent=5)
+        self._record(record.advance(Phase.LOCATING))
         own = await asyncio.to_thread(self._own_copy)
         if own is not None:
             return own
@@ -454,7 +450,7 @@ class RecoveryEngine(PowerGuard):
         if self._network is None:
             raise RecoveryFailed("no predetermined location holds a verified image and the "
                                  "network is disabled for this target")
-        self._record(record.advance(Phase.SOLICITING), percent=10)
+        self._record(record.advance(Phase.SOLICITING))
         installed = self.installed()
         floor = self._verifier.floor(s.target)
         request = FetchRequest(
@@ -464,8 +460,8 @@ class RecoveryEngine(PowerGuard):
             min_security_version=floor)
 
         def progress(done: int, total: int) -> None:
-            pct = 10 + (45 * done // total if total else 0)
-            self._emit(OperationState.RUNNING, "transferring", pct, f"{done}/{total} bytes")
+            self._emit(OperationState.RUNNING, "transferring", f"{done}/{total} bytes",
+                       done_bytes=(done, total))
 
         return await self._until_cancelled(self._network.fetch(request, self._note, progress),
                                            "during the transfer")
@@ -519,7 +515,7 @@ class RecoveryEngine(PowerGuard):
                 self._note("flashed", attempt=attempt, erased=report.erase_count,
                            programmed=report.bytes_programmed, skipped=report.skipped_bytes)
                 digest = await asyncio.to_thread(self._flash_digest, verified.manifest.size)
-                if digest != verified.manifest.sha256:
+                if not Verifier.image_matches(verified, digest):
                     raise FlashError("read-back does not match the signed digest")
                 self._note("read-back verified", sha256=digest)
                 return
@@ -531,8 +527,8 @@ class RecoveryEngine(PowerGuard):
                     raise
 
     def _flash_progress(self, done: int, total: int) -> None:
-        pct = 60 + (25 * done // total if total else 0)
-        self._emit(OperationState.RUNNING, "flashing", pct, f"{done}/{total} bytes")
+        self._emit(OperationState.RUNNING, "flashing", f"{done}/{total} bytes",
+                   done_bytes=(done, total))
 
     async def _hold_host(self) -> None:
         if self._host is None:
@@ -566,7 +562,7 @@ class RecoveryEngine(PowerGuard):
                   "cancelled" if cancelled else "failed", error)
         final = record.advance(Phase.FAILED, error=str(error))
         self._record(final, state=OperationState.CANCELLED if cancelled
-                     else OperationState.EXCEPTION, percent=100, message_id=error.message_id)
+                     else OperationState.EXCEPTION, error=error)
         try:
             self._journal.finish(final, self._transcript)
         except OSError as e:  # storage failing too: the journal stays; a restart retries
@@ -582,42 +578,45 @@ class RecoveryEngine(PowerGuard):
     # --- bookkeeping ---------------------------------------------------------------------
 
     def _record(self, record: JournalRecord, *, state: OperationState = OperationState.RUNNING,
-                percent: int | None = None, message_id: str | None = None) -> JournalRecord:
+                error: FwRescueError | None = None) -> JournalRecord:
+        """Journal ``record`` (while running) and emit the event entering its phase."""
         if state is OperationState.RUNNING:
             self._journal.write(record)
         self.current = record if state is OperationState.RUNNING else None
-        pct = percent if percent is not None else _PHASE_PERCENT.get(record.phase, 50)
-        default_id, text = _PHASE_MESSAGES[record.phase]
+        self._bytes = None
+        text = _PHASE_TEXT[record.phase]
         if record.phase is Phase.DETECTED:
             text = record.reason
         elif record.phase is Phase.STAGED:
             text = f"{text} from {record.origin}"
         elif record.phase is Phase.FAILED:
             text = record.error or text
-        self._emit(state, record.phase.value, pct, text,
-                   message_id=message_id or default_id, op=record)
+        self._emit(state, record.phase.value, text, entered=True, error=error, op=record)
         return record
 
-    def _emit(self, state: OperationState, phase: str, percent: int, message: str, *,
-              message_id: str | None = None, op: JournalRecord | None = None,
+    def _emit(self, state: OperationState, phase: str, message: str, *,
+              entered: bool = False, done_bytes: tuple[int, int] | None = None,
+              error: FwRescueError | None = None, op: JournalRecord | None = None,
               entry: dict[str, Any] | None = None) -> None:
+        """Emit one fact; ``done_bytes`` (done, total) becomes the phase's latest progress."""
         op = op or self.current
-        self._percent = percent
+        if done_bytes is not None:
+            self._bytes = done_bytes
         if self._events is None or op is None:
             return
+        done, total = self._bytes if self._bytes is not None else (None, None)
         self._events(OperationEvent(
             op_id=op.op_id, kind=op.kind, target=self.settings.target, state=state,
-            phase=phase, percent=percent, message=message,
-            message_id=message_id or "TaskEvent.1.0.TaskProgressChanged",
-            fields={"origin": op.origin, "donor_id": op.donor_id}, transcript_entry=entry))
+            phase=phase, message=message, entered=entered, done_bytes=done, total_bytes=total,
+            error=error, fields={"origin": op.origin, "donor_id": op.donor_id},
+            transcript_entry=entry))
 
     def _note(self, event: str, **fields: Any) -> None:
         entry = {"t": round(self._clock(), 3), "event": event, **fields}
         self._transcript.append(entry)
         log.debug("%s %s: %s %s", self.settings.node_id, self.settings.target, event, fields)
         if self.current is not None:
-            self._emit(OperationState.RUNNING, self.current.phase.value, self._percent, event,
-                       entry=entry)
+            self._emit(OperationState.RUNNING, self.current.phase.value, event, entry=entry)
 
     def transcript(self) -> list[dict[str, Any]]:
         return list(self._transcript)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fwrescue.errors import FwRescueError
 from fwrescue.trust.manifest import SignedManifest
 from fwrescue.trust.verifier import VerifiedManifest
 
@@ -41,17 +42,27 @@ class OperationState(enum.Enum):
 
 @dataclass(frozen=True)
 class OperationEvent:
-    """Progress of a recovery or update, for Redfish Tasks, events and the demo's display."""
+    """A fact about a recovery or update: its phase, how far it got, what failed.
+
+    Presentation is the consumer's: the agent's Redfish backend maps these facts to
+    Redfish MessageIds and ``PercentComplete`` (``fwrescue.agent_progress``), the demo to
+    its table. ``phase`` is a :class:`~fwrescue.recovery.journal.Phase` value, or
+    ``"transferring"`` / ``"flashing"`` for byte progress within a phase. ``entered`` marks
+    the event that enters ``phase`` (a journal step, or the operation's end); the others
+    are progress within it and transcript notes. ``done_bytes``/``total_bytes`` are the
+    latest byte progress of the current phase (repeated on its notes), ``error`` the error
+    an operation ended with."""
 
     op_id: str
     kind: str  # "recovery" | "update"
     target: str
     state: OperationState
     phase: str
-    percent: int
     message: str
-    message_id: str = "TaskEvent.1.0.TaskProgressChanged"
-    args: tuple[str, ...] = ()
+    entered: bool = False
+    done_bytes: int | None = None
+    total_bytes: int | None = None
+    error: FwRescueError | None = None
     fields: dict[str, Any] = field(default_factory=dict)
     #: one line of the operation's transcript (negotiation, transfer, flash, boot), if any
     transcript_entry: dict[str, Any] | None = None

@@ -22,7 +22,7 @@ from fwrescue.flash.device import Flash, TwoBankFlash
 from fwrescue.host.base import BootResult, Host
 from fwrescue.recovery.journal import Journal, JournalRecord, Phase
 from fwrescue.recovery.ports import EventSink, Located, OperationEvent, OperationState
-from fwrescue.trust.verifier import VerifiedManifest
+from fwrescue.trust.verifier import VerifiedManifest, Verifier
 
 if TYPE_CHECKING:
     from fwrescue.recovery.engine import EngineSettings, Integrity, OperationResult
@@ -120,7 +120,8 @@ class PowerGuard:
         if digest is None:
             return None
         for verified in self._stored_candidates():
-            if verified.manifest.sha256 == digest and verified.manifest.size == self._flash.size:
+            if (verified.manifest.size == self._flash.size
+                    and Verifier.image_matches(verified, digest)):
                 return verified
         return None
 
@@ -146,5 +147,4 @@ class PowerGuard:
             return
         self._events(OperationEvent(
             op_id=op_id, kind="recovery", target=self.settings.target,
-            state=OperationState.COMPLETED, phase=Phase.RECOVERED.value, percent=100,
-            message=message))
+            state=OperationState.COMPLETED, phase=Phase.RECOVERED.value, message=message))

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -64,6 +63,7 @@ from fwrescue.transfer.client import ImageFetcher
 from fwrescue.transfer.staging import StagedImage
 from fwrescue.transfer.swarm import ChunkRequest, SwarmScheduler
 from fwrescue.transport.udp import SessionDriver
+from fwrescue.trust.digests import addressed
 from fwrescue.trust.verifier import VerifiedManifest
 
 if TYPE_CHECKING:
@@ -273,7 +273,7 @@ class SwarmRun:
         try:
             raw = await self._fetcher.fetch_manifest(offer.transfer_url,
                                                      offer.manifest_digest, token)
-            manifest_at_fault = hashlib.sha256(raw).hexdigest() == offer.manifest_digest
+            manifest_at_fault = addressed(raw, offer.manifest_digest)
             verified = verifier.verify_manifest(
                 raw, target=request.target, machine_name=request.machine_name,
                 expected_digest=offer.manifest_digest)

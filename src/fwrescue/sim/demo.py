@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fwrescue import agent_progress as progress
 from fwrescue.agent import Agent
 from fwrescue.config import NetworkSettings, RedfishSettings, TimerSettings, TransportSettings
 from fwrescue.console.app import ConsoleSettings, new_password, start_console
@@ -182,7 +183,7 @@ async def _console_caught_up(console: Any, node_ids: set[str], timeout: float = 
 def _row_updater(row: NodeRow, started: float) -> Any:
     def update(event: OperationEvent) -> None:
         row.phase = event.phase
-        row.percent = event.percent
+        row.percent = progress.percent(event)
         if event.fields.get("donor_id"):
             row.donor = str(event.fields["donor_id"])
         if event.state is OperationState.COMPLETED:

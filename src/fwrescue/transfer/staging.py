@@ -52,6 +52,7 @@ from typing import Protocol
 from fwrescue.atomicfile import atomic_write, commit_file
 from fwrescue.errors import ChunkMismatch, LocalError
 from fwrescue.transfer.havemap import encode_have_map
+from fwrescue.trust.digests import image_hasher
 from fwrescue.trust.verifier import VerifiedManifest, Verifier
 
 __all__ = [
@@ -151,7 +152,7 @@ class StagedImage:
         # The SHA-256 of the part file's first ``_digested`` bytes, always a prefix of
         # verified chunks. The lock also keeps close() from pulling fds from under a
         # worker thread that syncs or hashes.
-        self._digest = hashlib.sha256()
+        self._digest = image_hasher()
         self._digested = 0
         self._io_lock = threading.Lock()
         self._header = self._make_header(verified)

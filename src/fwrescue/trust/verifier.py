@@ -17,14 +17,21 @@ each raising its own :class:`~fwrescue.errors.TrustError` subclass:
    the file is hashed in one pass (:meth:`Verifier.verify_image_file`) or its digest
    was accumulated over the staged bytes (:meth:`Verifier.verify_image_digest`).
 
-After a successful flash, :meth:`Verifier.commit_flashed` raises the floor; it
-never lowers it. Nothing outside this module decides whether bytes are trusted.
+Bytes read back after a write (the flash, a bank) are the signed image only when
+:meth:`Verifier.image_matches` says so. After a successful flash,
+:meth:`Verifier.commit_flashed` raises the floor; it never lowers it.
+
+Nothing outside :mod:`fwrescue.trust` decides whether bytes are trusted: other modules
+compute digests at their edge and ask this module (or :mod:`fwrescue.trust.digests`, the
+constant-time comparisons underneath: content addresses, MAC tags, recorded digests);
+``tests/unit/test_trust_boundary.py`` checks ``src/`` for comparisons made elsewhere.
+The checks here are pure but for :func:`sha256_file` / :meth:`Verifier.verify_image_file`,
+which hash a staged file in one pass.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +42,7 @@ from fwrescue.errors import (
     RollbackError,
     SizeLimitExceeded,
 )
+from fwrescue.trust.digests import digests_match
 from fwrescue.trust.keys import TrustStore, manifest_signed_bytes
 from fwrescue.trust.manifest import MAX_IMAGE_SIZE, MAX_MANIFEST_BYTES, Manifest, SignedManifest
 from fwrescue.trust.rollback import RollbackStore
@@ -123,7 +131,7 @@ class Verifier:
         if manifest.size > self._max_image_size:  # step 1
             raise SizeLimitExceeded("image larger than this agent accepts",
                                     size=manifest.size, limit=self._max_image_size)
-        if expected_digest is not None and not hmac.compare_digest(  # step 2
+        if expected_digest is not None and not digests_match(  # step 2
                 signed.digest, expected_digest):
             raise ChunkMismatch("manifest does not match the offered digest",
                                 expected=expected_digest, actual=signed.digest)
@@ -178,7 +186,7 @@ class Verifier:
         if len(data) != length:
             raise ChunkMismatch("chunk has the wrong length", index=index,
                                 expected=length, actual=len(data))
-        if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), manifest.chunks[index]):
+        if not digests_match(hashlib.sha256(data).hexdigest(), manifest.chunks[index]):
             raise ChunkMismatch("chunk digest does not match the signed list", index=index)
 
     @staticmethod
@@ -189,7 +197,7 @@ class Verifier:
         if size != manifest.size:
             raise ChunkMismatch("staged image has the wrong size", expected=manifest.size,
                                 actual=size)
-        if not hmac.compare_digest(sha256_file(path), manifest.sha256):
+        if not digests_match(sha256_file(path), manifest.sha256):
             raise ChunkMismatch("staged image digest does not match the manifest")
 
     @staticmethod
@@ -200,8 +208,15 @@ class Verifier:
         if size != manifest.size:
             raise ChunkMismatch("staged image has the wrong size", expected=manifest.size,
                                 actual=size)
-        if not (sha256_hex.isascii() and hmac.compare_digest(sha256_hex, manifest.sha256)):
+        if not digests_match(sha256_hex, manifest.sha256):
             raise ChunkMismatch("staged image digest does not match the manifest")
+
+    @staticmethod
+    def image_matches(verified: VerifiedManifest, sha256_hex: str) -> bool:
+        """Whether bytes whose SHA-256 the caller computed over ``manifest.size`` bytes (a
+        flash read-back, a bank) are the signed image. The caller decides what a mismatch
+        means (a retry, a failed integrity check); the comparison is this one."""
+        return digests_match(sha256_hex, verified.manifest.sha256)
 
     def commit_flashed(self, verified: VerifiedManifest) -> bool:
         """Raise the floor after a successful flash and boot; never lowers it."""

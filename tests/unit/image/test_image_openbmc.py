@@ -252,3 +252,23 @@ def test_tarball_signed_by_real_openssl_and_gnu_tar_imports(
     signed = _import(tmp_path / "obmc-bios.tar.gz", tmp_path / "o.fwpkg", signing_key,
                      trusted_pem)
     assert open_package(tmp_path / "o.fwpkg").signed == signed
+
+
+def test_import_from_a_stream_is_the_file_import(
+        tmp_path: Path, signing_key: SigningKey, trusted_pem: Path,
+        rsa_keys: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]) -> None:
+    from fwrescue.image.openbmc import import_openbmc_stream
+
+    tar = _tarball(tmp_path / "bios.tar.gz", _signed_files(rsa_keys[0]))
+    from_file = import_openbmc(tar, tmp_path / "a.fwpkg", key=signing_key, security_version=5,
+                               trusted_rsa_keys={"OpenBMC": trusted_pem})
+    from_memory = import_openbmc_stream(
+        io.BytesIO(tar.read_bytes()), tar.name, tmp_path / "b.fwpkg", key=signing_key,
+        security_version=5, trusted_rsa_keys={"OpenBMC": trusted_pem})
+    assert from_memory.manifest == from_file.manifest
+    assert (tmp_path / "a.fwpkg").read_bytes() == (tmp_path / "b.fwpkg").read_bytes()
+    bad = tar.read_bytes()[:-40]
+    with pytest.raises(PackageError):
+        import_openbmc_stream(io.BytesIO(bad), "bad.tar.gz", tmp_path / "c.fwpkg",
+                              key=signing_key, security_version=5)
+    assert not (tmp_path / "c.fwpkg").exists()

@@ -331,3 +331,33 @@ def test_a_fifo_named_like_a_package_is_refused_without_blocking(tmp_path: Path)
     os.mkfifo(fifo)
     with pytest.raises(PackageError, match="not a regular file"):
         open_package(fifo)
+
+
+def test_layout_read_from_memory_matches_open_package(package: Path) -> None:
+    from fwrescue.image.package import read_package_layout
+
+    data = package.read_bytes()
+    reader = open_package(package)
+    layout = read_package_layout(io.BytesIO(data), len(data))
+    assert (layout.manifest_raw, layout.image_offset, layout.image_size) == (
+        reader.manifest_raw, reader.image_offset, reader.image_size)
+    assert data[layout.image_offset:layout.image_offset + layout.image_size] == b"".join(
+        reader.iter_image())
+    with pytest.raises(PackageError, match="truncated"):  # the same checks, from memory
+        read_package_layout(io.BytesIO(data[:-1024]), len(data) - 1024)
+
+
+def test_header_with_a_signed_char_checksum_is_accepted_and_a_wrong_one_is_not(
+        package: Path) -> None:
+    from fwrescue.image.package import read_package_layout
+
+    data = bytearray(package.read_bytes())
+    data[99] = 0xE9  # a high byte in the (NUL-padded) name field: signed and unsigned differ
+    rest = data[:148] + data[156:512]
+    signed = sum(b - 256 if b > 127 else b for b in rest) + 8 * 0x20
+    data[148:156] = b"%06o\0 " % signed
+    layout = read_package_layout(io.BytesIO(bytes(data)), len(data))
+    assert layout.image_size == open_package(package).image_size
+    data[148:156] = b"%06o\0 " % (signed + 1)
+    with pytest.raises(PackageError, match="checksum"):
+        read_package_layout(io.BytesIO(bytes(data)), len(data))

@@ -310,6 +310,22 @@ def test_api_misuse_poisons_the_session() -> None:
     assert rcp.datagrams_to_send(t1 + 100) == []
 
 
+@pytest.mark.parametrize("call", ["donor_failed", "decline", "reject_carrier", "release"])
+def test_bound_without_an_accepted_offer_raises_the_protocol_error_even_under_O(
+        call: str) -> None:
+    script = Script()
+    rcp, t1 = started()
+    script.offer(rcp, t1 + 0.1, "free", port=5001)
+    rcp.handle_timer(t1 + 0.5)
+    script.reply(rcp, t1 + 0.6, Ack(xid=xid_of(rcp), recipient_id="rcp-1", donor_id="free",
+                                    token="b" * 32, lease_expires=30.0))
+    assert state_of(rcp) is RecipientState.BOUND
+    rcp._current = None  # an invariant broken by a bug: a real check, not an assert
+    args: tuple[object, ...] = ("recovered", 0, t1) if call == "release" else ("why", t1)
+    with pytest.raises(LocalProtocolError, match="bound without an accepted offer"):
+        getattr(rcp, call)(*args)
+    assert state_of(rcp) is RecipientState.ERROR
+
 def test_solicit_carries_identity_and_declined_digests() -> None:
     script = Script()
     rcp, t1 = started(RecipientTimers(offer_window=0.0))
