@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import random
 import shutil
@@ -369,12 +370,16 @@ class PowerCutSoak:
         return None
 
 
+PROGRESS_EVERY = 250  # a worker reports after this many cases
+
+
 def _worker(soak: PowerCutSoak, cases: list[Case], root: Path, conn: Connection) -> None:
-    """Worker process: run ``cases``, send back ({label: why} bricked, Counter of kinds)."""
+    """Worker process: run ``cases``; send ("progress", done, bricked) every
+    PROGRESS_EVERY cases, then ("done", {label: why} bricked, Counter of kinds)."""
     async def run() -> tuple[dict[str, str], Counter[str]]:
         bricked: dict[str, str] = {}
         kinds: Counter[str] = Counter()
-        for case in cases:
+        for done, case in enumerate(cases, 1):
             state = root / str(case.number)
             try:
                 why = await soak.run_case(case, state)
@@ -384,19 +389,24 @@ def _worker(soak: PowerCutSoak, cases: list[Case], root: Path, conn: Connection)
             kinds[f"{case.layout}/{case.mode.value}/{case.kind}"] += 1
             if why is not None:
                 bricked[case.label] = why
+            if done % PROGRESS_EVERY == 0 and done < len(cases):
+                conn.send(("progress", done, len(bricked)))
         return bricked, kinds
 
     try:
-        conn.send(asyncio.run(run()))
+        conn.send(("done", *asyncio.run(run())))
     except BaseException as e:  # report, never hang the parent
-        conn.send(({"worker": f"crashed: {e!r}"}, Counter()))
+        conn.send(("done", {"worker": f"crashed: {e!r}"}, Counter()))
     finally:
         conn.close()
 
 
-def run_cases(soak: PowerCutSoak, cases: list[Case], root: Path,
-              workers: int) -> tuple[dict[str, str], Counter[str]]:
-    """Run ``cases`` in ``workers`` forked processes; ({label: why} bricked, kinds run)."""
+def run_cases(soak: PowerCutSoak, cases: list[Case], root: Path, workers: int,
+              progress: Callable[[int, int], None] | None = None,
+              ) -> tuple[dict[str, str], Counter[str]]:
+    """Run ``cases`` in ``workers`` forked processes; ({label: why} bricked, kinds run).
+
+    ``progress(cases done, bricked so far)`` is called as the workers report."""
     ctx = multiprocessing.get_context("fork")
     jobs = []
     for w in range(workers):
@@ -408,15 +418,37 @@ def run_cases(soak: PowerCutSoak, cases: list[Case], root: Path,
         jobs.append((proc, recv, len(share)))
     bricked: dict[str, str] = {}
     kinds: Counter[str] = Counter()
+    done = [0] * workers
+    seen = [0] * workers
+    pending = {recv: w for w, (_, recv, _) in enumerate(jobs)}
     try:
-        for w, (proc, recv, n) in enumerate(jobs):
-            if not recv.poll(60 + WORKER_TIMEOUT_PER_CASE * n):
-                bricked[f"worker {w}"] = "no answer within the timeout"
-                continue
-            b, k = recv.recv()
-            bricked.update(b)
-            kinds.update(k)
-            proc.join(60)
+        while pending:
+            # a worker silent for this long is hung (a case takes well under a second)
+            ready = multiprocessing.connection.wait(
+                list(pending), timeout=60 + WORKER_TIMEOUT_PER_CASE * PROGRESS_EVERY)
+            if not ready:
+                for w in pending.values():
+                    bricked[f"worker {w}"] = "no answer within the timeout"
+                break
+            for r in ready:
+                w = next(w for c, w in pending.items() if c is r)
+                recv = jobs[w][1]
+                try:
+                    message = recv.recv()
+                except EOFError:
+                    bricked[f"worker {w}"] = "exited without an answer"
+                    del pending[recv]
+                    continue
+                if message[0] == "progress":
+                    done[w], seen[w] = message[1], message[2]
+                else:
+                    bricked.update(message[1])
+                    kinds.update(message[2])
+                    done[w], seen[w] = jobs[w][2], 0
+                    del pending[recv]
+                    jobs[w][0].join(60)
+                if progress is not None:
+                    progress(sum(done), len(bricked) + sum(seen))
     finally:
         for proc, recv, _ in jobs:
             recv.close()
@@ -441,7 +473,15 @@ def main(argv: list[str] | None = None) -> int:
         soak = PowerCutSoak(root, opts.seed)
         totals = asyncio.run(soak.totals(root / "measure"))
         cases = plan_cases(opts.cuts, opts.seed, totals)
-        bricked, kinds = run_cases(soak, cases, root / "cases", opts.workers)
+        print(f"power-cut soak: {len(cases):,} cuts planned, {opts.workers} workers "
+              f"(progress every {PROGRESS_EVERY} cases per worker)", flush=True)
+
+        def progress(done: int, bad: int) -> None:
+            took = time.perf_counter() - started
+            print(f"  progress: {done:,}/{len(cases):,} cuts, {bad} bricked, {took:.0f} s",
+                  flush=True)
+
+        bricked, kinds = run_cases(soak, cases, root / "cases", opts.workers, progress)
     seconds = time.perf_counter() - started
     print(f"power-cut soak: {len(cases):,} seeded cuts (seed {opts.seed}) on a 16 MiB image, "
           f"{opts.workers} workers, {seconds:.0f} s")

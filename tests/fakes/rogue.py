@@ -14,13 +14,19 @@ The four kinds of lies used by the tests (one factory each):
 * :func:`corrupted_carrier` — the genuine manifest, with image bytes flipped on disk.
 
 Also :func:`isolated_network`: a multicast group and port of a test's own, so tests
-run in parallel with each other and with demos.
+run in parallel with each other and with demos, and :class:`ReplayRogue`, which has no
+store and no fleet key: it re-sends honest OFFER and ACK datagrams it captured.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import random
+import socket
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +37,7 @@ from fwrescue.donor.service import DonorService
 from fwrescue.image.package import build_package
 from fwrescue.image.store import PackageStore, StoredImage
 from fwrescue.protocol.messages import DonorKind
+from fwrescue.protocol.session import GROUP, Address, Destination
 from fwrescue.sim.fleet import member_network
 from fwrescue.trust.keys import SigningKey, generate_keypair
 from fwrescue.trust.manifest import SignedManifest
@@ -42,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Claim",
+    "ReplayRogue",
     "RogueDonor",
     "corrupted_carrier",
     "isolated_network",
@@ -86,12 +94,13 @@ class RogueDonor(DonorService):
     """
 
     def __init__(self, *, donor_id: str, store: PackageStore, network: NetworkSettings,
-                 claim: Claim, kind: DonorKind = DonorKind.PEER) -> None:
+                 claim: Claim, kind: DonorKind = DonorKind.PEER,
+                 max_uploads: int = 4) -> None:
         # A rogue is a compromised fleet member: in a TLS fleet it holds a genuine
         # certificate for its own id (TLS authenticates carriers, not their bytes).
         super().__init__(donor_id=donor_id, kind=kind, store=store,
                          network=member_network(network, donor_id),
-                         settings=DonorSettings(max_uploads=4, lease_s=30.0),
+                         settings=DonorSettings(max_uploads=max_uploads, lease_s=30.0),
                          rng=random.Random(hash(donor_id)))
         self.claim = claim
         self.donor_id = donor_id
@@ -195,3 +204,107 @@ def record_flash_writes(agent: Agent, target: str = "bios") -> list[str]:
 
         setattr(flash, "write_until", write_until)  # noqa: B010
     return written
+
+
+_CAPTURED = (b'{"t":"offer"', b'{"t":"ack"')  # body starts (compact JSON, type first)
+
+
+class ReplayRogue:
+    """Re-sends genuine OFFER and ACK datagrams it captured; it holds no fleet key.
+
+    :meth:`tap` puts it on an honest agent's wire (a mirror port: it sees that agent's
+    datagrams, unicast ACKs too). Each captured datagram is sent again, from its own
+    socket, ``delay`` seconds later:
+
+    * **again** — byte for byte to the same destination (the recipient's codec has seen
+      its nonce);
+    * **elsewhere** — its ``recipient_id`` rewritten to another node's (same length) and
+      the tag kept, to the group (the HMAC no longer matches);
+    * **later** — :meth:`replay_old` sends the datagrams kept from earlier rounds again
+      (their timestamps leave the replay window; inside it, a new session's xid differs).
+
+    ``sent`` maps every datagram it sent to its kind (the newest ``max_sent``), so a codec
+    watch can tell what became of each."""
+
+    def __init__(self, *, group: str, port: int, node_ids: Sequence[str],
+                 delay: float = 0.02, keep_old: int = 32, max_sent: int = 8192) -> None:
+        self.group, self.port, self.delay = group, port, delay
+        self.node_ids = list(node_ids)
+        self.fresh: deque[tuple[float, bytes, Destination]] = deque(maxlen=1024)
+        self.old: deque[tuple[bytes, Destination]] = deque(maxlen=keep_old)
+        self.sent: OrderedDict[bytes, str] = OrderedDict()
+        self.counts: dict[str, int] = {"again": 0, "elsewhere": 0, "later": 0}
+        self._max_sent = max_sent
+        self._sock: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def tap(self, shared_link: object) -> None:
+        """Copy every OFFER/ACK an agent's :class:`SharedLink` sends (instance override)."""
+        send: Callable[[bytes, Destination], None] = getattr(shared_link, "_send")  # noqa: B009
+
+        def tapped(data: bytes, dest: Destination) -> None:
+            send(data, dest)
+            if data[8:20].startswith(_CAPTURED):
+                self.fresh.append((time.monotonic() + self.delay, data, dest))
+
+        setattr(shared_link, "_send", tapped)  # noqa: B010
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        sock.setblocking(False)
+        self._sock = sock
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def replay_old(self) -> None:
+        """Send every datagram kept from earlier rounds again, byte for byte."""
+        for data, dest in list(self.old):
+            self._send(data, dest, "later")
+
+    async def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            while self.fresh and self.fresh[0][0] <= now:
+                _, data, dest = self.fresh.popleft()
+                self._send(data, dest, "again")
+                moved = self._readdress(data)
+                if moved is not None:
+                    self._send(moved, GROUP, "elsewhere")
+                self.old.append((data, dest))
+            await asyncio.sleep(self.delay / 2)
+
+    def _readdress(self, data: bytes) -> bytes | None:
+        for rid in self.node_ids:
+            needle = f'"recipient_id":"{rid}"'.encode()
+            if needle in data:
+                other = next((o for o in self.node_ids if o != rid and len(o) == len(rid)),
+                             None)
+                if other is None:
+                    return None
+                return data.replace(needle, f'"recipient_id":"{other}"'.encode(), 1)
+        return None
+
+    def _send(self, data: bytes, dest: Destination, kind: str) -> None:
+        if self._sock is None:
+            return
+        target: Address = (self.group, self.port) if dest is GROUP else dest
+        try:
+            self._sock.sendto(data, target)
+        except OSError:
+            return  # a full socket buffer: this replay is lost, like any datagram
+        self.counts[kind] += 1
+        self.sent.pop(data, None)
+        self.sent[data] = kind
+        while len(self.sent) > self._max_sent:
+            self.sent.popitem(last=False)

@@ -68,6 +68,7 @@ __all__ = ["RecipientIdentity", "RecipientSession", "RecipientTimers"]
 
 log = logging.getLogger(__name__)
 _S, _I = RecipientState, RecipientInput
+_MAX_ABANDONED = 64  # timed-out ACCEPTs remembered per session
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,6 +191,8 @@ class RecipientSession:
         self._excluded: dict[str, str] = {}  # donor id -> why (swarming: already in use)
         self._needle = f'"recipient_id":"{identity.node_id}"'.encode("ascii")
         self._required_digest: str | None = None
+        # ACCEPTs that timed out: (xid, donor id), oldest first (late ACKs get a RELEASE)
+        self._abandoned: dict[tuple[int, str], None] = {}
 
     # --- inspection ------------------------------------------------------------------------
 
@@ -248,6 +251,7 @@ class RecipientSession:
             why = f"donor {offer.donor_id} sent no ACK within {self.timers.accept_timeout:g} s"
             self._events.append(AcceptTimedOut(offer=offer, reason=why))
             self._round_excluded[offer.donor_id] = "did not ACK in this round"
+            self._abandon(offer.xid, offer.donor_id)
             self._next(now, why)
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
@@ -428,10 +432,13 @@ class RecipientSession:
             self._drop(f"{msg.TYPE} for another recipient", addr)
         elif msg.xid != (current[0].xid if current is not None else self._xid):
             self._drop(f"{msg.TYPE} for an unknown xid", addr)
+            self._release_late_ack(msg, addr)
         elif self._sm.state is not _S.ACCEPTING or current is None:
             self._drop(f"{msg.TYPE} out of state ({self._sm.state.value})", addr)
+            self._release_late_ack(msg, addr)
         elif msg.donor_id != current[0].donor_id:
             self._drop(f"{msg.TYPE} from a donor we did not accept", addr)
+            self._release_late_ack(msg, addr)
         elif isinstance(msg, Ack):
             self._sm.fire(_I.ACK)
             self._accept_deadline = None
@@ -515,6 +522,24 @@ class RecipientSession:
         self._new_round = True
         self._window_at = None
         self._retransmit_at = now + self.timers.backoff(1, self._rng)
+
+    def _abandon(self, xid: int, donor_id: str) -> None:
+        """Remember an ACCEPT we stopped waiting for: its ACK may still come (bounded)."""
+        self._abandoned.pop((xid, donor_id), None)
+        self._abandoned[(xid, donor_id)] = None
+        while len(self._abandoned) > _MAX_ABANDONED:
+            self._abandoned.pop(next(iter(self._abandoned)))
+
+    def _release_late_ack(self, msg: Ack | Nak, addr: Address) -> None:
+        """An ACK for an ACCEPT of ours that timed out: the donor holds a reservation we
+        will never use. RELEASE it at once, or it keeps the slot for its whole lease and,
+        under load, honest donors fill up with such reservations and stop offering."""
+        if not isinstance(msg, Ack) or self._abandoned.pop((msg.xid, msg.donor_id),
+                                                           False) is False:
+            return
+        self._outbox.append((Release(xid=msg.xid, recipient_id=self.identity.node_id,
+                                     donor_id=msg.donor_id, outcome="aborted",
+                                     bytes_received=0), addr))
 
     def _give_up(self, reason: str) -> None:
         self._sm.fire(_I.GIVE_UP)

@@ -69,8 +69,12 @@ class TransferLimits:
     # that moves 12 MB/s and short enough to move on before a lease ends.
     stall_timeout: float = 10.0
     max_manifest_bytes: int = MAX_MANIFEST_BYTES
-    # Optional bytes/s floor per request, checked once ``throughput_window`` has passed.
-    min_throughput_bps: int | None = None
+    # Bytes/s floor per request, checked once ``throughput_window`` has passed (None: off).
+    # A trickling donor (a byte every few seconds) never trips the stall timeout; without
+    # a floor it would hold a recipient until the fetch deadline. 32 KiB/s is 1/400 of a
+    # BMC's 100 Mb/s NC-SI link and 1/100 of one upload's share of it (4 uploads), yet
+    # still moves a 16 MiB image within the 900 s fetch deadline (docs/transfer.md).
+    min_throughput_bps: int | None = 32 * 1024
     throughput_window: float = 10.0
     # Largest single read from the socket; chunk buffers are bounded by the chunk size.
     read_block: int = 256 * 1024

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fwrescue.donor.responder import DonorLimits, DonorResponder
 from fwrescue.protocol.events import (
+    AcceptTimedOut,
     Declined,
     DonorAcked,
     DonorSelected,
@@ -18,7 +19,7 @@ from fwrescue.protocol.policy import get_policy
 from fwrescue.protocol.recipient import RecipientSession, RecipientTimers
 from fwrescue.protocol.states import RecipientState
 
-from .fakenet import FakeNetwork, image, make_donor, make_recipient, of_type
+from .fakenet import FakeNetwork, Sent, image, make_donor, make_recipient, of_type
 
 
 def _three_donor_net(
@@ -239,3 +240,38 @@ def test_mismatched_fleet_keys_never_bind_and_count_drops() -> None:
     assert rcp.state is RecipientState.SOLICITING
     assert donor.dropped["invalid: bad HMAC tag"] >= 1
     assert not of_type(net.node_of(donor).events, OfferSent)
+
+
+def test_a_late_ack_is_released_so_the_donor_does_not_stay_full_for_its_lease() -> None:
+    """Regression (rogue soak under load: recoveries gave up with "no acceptable offer
+    after 8 solicit(s)"): an ACK that arrives after ``accept_timeout`` used to be dropped
+    and the donor kept the reservation for its whole lease (30 s), so a loaded honest
+    donor filled up with reservations nobody used and stopped offering. The recipient
+    now RELEASEs a late ACK of an ACCEPT it gave up on; the donor offers again at once."""
+    held: list[bytes] = []
+
+    def hold_first_ack(sent: Sent) -> bool:
+        if sent.data[8:18] == b'{"t":"ack"' and not held:
+            held.append(sent.data)
+            return True  # delivered late, below
+        return False
+
+    net = FakeNetwork(lose=hold_first_ack)
+    timers = RecipientTimers(startup_jitter=0.0, offer_window=0.1, backoff_initial=0.2,
+                             backoff_max=0.5, max_solicits=8, accept_timeout=0.5)
+    rcp = make_recipient(timers=timers)
+    donor = make_donor("peer", [image(1)], limits=DonorLimits(capacity=1, lease_s=30.0))
+    net.add(rcp)
+    dnode = net.add(donor)
+    rcp.start(net.now)
+    net.run(net.now + 0.6)  # offer, ACCEPT, ACK held back, accept timeout
+    assert held and of_type(net.node_of(rcp).events, AcceptTimedOut)
+    assert donor.reservations == 1  # the ACK's reservation, unknown to the recipient
+    net.inject(held[0], dnode.addr, net.node_of(rcp).addr)  # the ACK, late
+    net.run(net.now + 5)
+    ended = of_type(net.node_of(donor).events, ReservationEnded)
+    assert ended and ended[0].reason == "released: aborted"
+    assert rcp.state is RecipientState.BOUND  # the donor offered again and ACKed
+    acked = of_type(net.node_of(rcp).events, DonorAcked)
+    assert len(acked) == 1 and acked[0].offer.donor_id == "peer"
+    assert donor.reservations == 1

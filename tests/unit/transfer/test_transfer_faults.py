@@ -203,6 +203,34 @@ async def test_trickling_donor_fails_the_minimum_throughput_check(
             donor.base_url, TOKEN, package.verified, staging.open(package.verified))
 
 
+async def test_a_donor_trickling_under_the_stall_timeout_is_dropped_by_the_default_floor(
+        donors: StartDonor, package: Package, rogues: list[RogueDonor],
+        session: aiohttp.ClientSession, staging: StagingArea) -> None:
+    """A byte every 20 ms never trips the 10 s stall timeout; the default throughput floor
+    (no limit configured) drops the donor, and an honest donor then finishes the image."""
+    size = len(package.data)
+
+    async def trickle(writer: asyncio.StreamWriter, first: int, last: int) -> None:
+        writer.write(rogue.head(first, last, size, last - first + 1))
+        for i in range(200):  # bounded: 4 s of trickle at most
+            writer.write(package.data[first + i:first + i + 1])
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    rogue, url = await start_rogue(rogues, trickle)
+    ticks = iter(range(10**6))  # a clock that advances 1 s per look: the window passes fast
+    fetcher = ImageFetcher(session, clock=lambda: float(next(ticks)))
+    assert fetcher.limits.min_throughput_bps == TransferLimits().min_throughput_bps
+    assert TransferLimits().min_throughput_bps is not None
+    staged = staging.open(package.verified)
+    with pytest.raises(DonorUnavailable, match="minimum throughput"):
+        await fetcher.fetch_image(url, TOKEN, package.verified, staged)
+    assert rogue.requests  # the trickle was really asked for the image
+    honest = await donors(package)
+    await ImageFetcher(session).fetch_image(honest.base_url, TOKEN, package.verified, staged)
+    assert staged.complete()
+
+
 async def test_fetcher_buffers_one_chunk_at_a_time_not_the_image(
         donors: StartDonor, package_factory: Callable[..., Package],
         session: aiohttp.ClientSession, staging: StagingArea) -> None:
