@@ -64,10 +64,11 @@ fuzz: venv
 # Soaks with figures (docs/reliability.md): SOAK_CUTS seeded power cuts on a 16 MiB
 # image (single/dual bank, DC-off/DC-on, chip ops and state writes) in parallel workers,
 # then SOAK_ROUNDS rounds of 8 real agents recovering while rogue donors answer first
-# (100 rounds: ~134,000 rogue offers, transfers and refused replays). About 35 min on two
+# (100 rounds measured ~134,000 rogue offers, transfers and refused replays; 120 for
+# >100,000 offers and transfers alone). About 35 min on two
 # idle cores for the cuts, 10-20 min for the rogues; both print progress lines.
 SOAK_CUTS ?= 10000
-SOAK_ROUNDS ?= 100
+SOAK_ROUNDS ?= 120
 .PHONY: soak
 soak: venv
 	$(BIN)/python -m soak.powercut --cuts $(SOAK_CUTS)
