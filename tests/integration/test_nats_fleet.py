@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import fwrescue.agent
+import fwrescue.agent.core
 from fwrescue.agent import Agent
 from fwrescue.config import NetworkSettings, TimerSettings, TransportSettings
 from fwrescue.donor.repository import ConsoleDonor
@@ -50,7 +50,7 @@ async def test_recovery_completes_when_the_recipients_nats_node_is_sigkilled(
         return link
 
     # each agent opens ONE link (its SharedLink) for its donor service and its fetches
-    monkeypatch.setattr(fwrescue.agent, "open_link", spy_open_link)
+    monkeypatch.setattr(fwrescue.agent.core, "open_link", spy_open_link)
     assert plan.console_repo is not None
     console = ConsoleDonor(repo=plan.console_repo, trust=plan.root / "trust",
                            state_dir=plan.root / "console", network=plan.network)
@@ -230,7 +230,7 @@ async def test_an_agent_fetches_over_its_one_nats_connection_not_one_per_fetch(
         return link
 
     # each agent opens ONE link (its SharedLink), shared by its donor service and fetches
-    monkeypatch.setattr(fwrescue.agent, "open_link", spy_open_link)
+    monkeypatch.setattr(fwrescue.agent.core, "open_link", spy_open_link)
     agents = [Agent(recipient.config), Agent(donor.config)]
     try:
         await agents[1].start()

@@ -122,7 +122,7 @@ def _start(procs: list[subprocess.Popen[str]], host: Host, config: Path) -> None
     procs.append(proc)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # bounded: the agent prints once started, or exits
-    assert f"donating at http://{host.address}:" in line, f"agent on {host.name}: {line!r}"
+    assert f"donating at https://{host.address}:" in line, f"agent on {host.name}: {line!r}"
 
 
 def _transcripts(node: NodeSpec) -> list[dict[str, Any]]:
