@@ -55,8 +55,7 @@ class EventListeners:
 
 
 class FleetPolicyDesk(Protocol):
-    """The fleet policy in force, as Redfish uses it (:class:`~fwrescue.agent.fleet_policy.
-    AgentFleetPolicy` is one)."""
+    """The fleet policy in force, as Redfish uses it; ``AgentFleetPolicy`` is one."""
 
     def apply(self, raw: bytes) -> FleetPolicy: ...
 
