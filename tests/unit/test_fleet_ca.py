@@ -65,6 +65,7 @@ def pki(tmp_path: Path) -> Path:
     issue_node(tmp_path / "ca", "node-2", tmp_path / "tls" / "node-2")
     issue_node(tmp_path / "foreign", "node-1", tmp_path / "tls" / "foreign-1")
     (tmp_path / "tls" / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nnope\n")
+    (tmp_path / "tls" / "huge.pem").write_bytes(b"A" * (64 * 1024 + 1))
     return tmp_path
 
 
@@ -97,6 +98,7 @@ def test_explicit_plain_http_loads_without_tls(pki: Path) -> None:
     (_tls(ca="ca/missing.pem"), "tls.ca is not readable"),
     (_tls(cert="tls/missing.pem"), "tls.cert is not readable"),
     (_tls(key="tls/missing.key"), "tls.key is not readable"),
+    (_tls(cert="tls/huge.pem"), "tls.cert is larger than a PEM file can be"),
     (_tls(ca="tls/garbage.pem"), "tls.ca is not a PEM certificate"),
     (_tls(cert="tls/garbage.pem"), "tls.cert is not a PEM certificate"),
     (_tls(key="tls/node-1.pem"), "tls.key is not an unencrypted PEM private key"),
@@ -107,7 +109,7 @@ def test_explicit_plain_http_loads_without_tls(pki: Path) -> None:
     (_tls(extra='pin = "x"\n'), "unknown keys in [root.tls]"),
     ("[transfer]\nplain_http = true\nspeed = 1\n", "unknown keys in [root.transfer]"),
 ], ids=["neither", "plain-false", "both", "ca-unreadable", "cert-unreadable",
-        "key-unreadable", "ca-garbage", "cert-garbage", "key-garbage", "key-mismatch",
+        "key-unreadable", "cert-huge", "ca-garbage", "cert-garbage", "key-garbage", "key-mismatch",
         "foreign-ca", "other-node", "key-missing", "unknown-tls-key", "unknown-transfer-key"])
 def test_each_bad_tls_input_is_its_own_config_error(pki: Path, tls: str,
                                                     message: str) -> None:

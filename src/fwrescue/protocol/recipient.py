@@ -534,9 +534,10 @@ class RecipientSession:
         """An ACK for an ACCEPT of ours that timed out: the donor holds a reservation we
         will never use. RELEASE it at once, or it keeps the slot for its whole lease and,
         under load, honest donors fill up with such reservations and stop offering."""
-        if not isinstance(msg, Ack) or self._abandoned.pop((msg.xid, msg.donor_id),
-                                                           False) is False:
+        key = (msg.xid, msg.donor_id)
+        if not isinstance(msg, Ack) or key not in self._abandoned:
             return
+        del self._abandoned[key]
         self._outbox.append((Release(xid=msg.xid, recipient_id=self.identity.node_id,
                                      donor_id=msg.donor_id, outcome="aborted",
                                      bytes_received=0), addr))

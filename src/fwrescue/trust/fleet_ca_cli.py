@@ -16,7 +16,7 @@ from fwrescue.atomicfile import atomic_write
 from fwrescue.config import TlsSettings, parse_tls
 from fwrescue.errors import ConfigError
 from fwrescue.trust.fleet_ca import NODE_DAYS, IssuedPair, issue, load_ca, new_ca
-from fwrescue.trust.transfer_tls import check_identity
+from fwrescue.trust.transfer_tls import check_identity, read_pem
 
 __all__ = ["CA_CERT", "CA_KEY", "add_transfer_tls_arguments", "init_ca", "issue_node",
            "register_fleet_ca_commands", "transfer_tls_from_args"]
@@ -49,9 +49,8 @@ def issue_node(directory: Path, node_id: str, out: Path, *,
                days: int = NODE_DAYS) -> tuple[Path, Path]:
     """Issue ``out.key``/``out.pem`` for ``node_id`` from the CA in ``directory``."""
     try:
-        raw_key = (directory / CA_KEY).read_bytes()
-        raw_cert = (directory / CA_CERT).read_bytes()
-    except OSError as e:
+        raw_key, raw_cert = read_pem(directory / CA_KEY), read_pem(directory / CA_CERT)
+    except (OSError, ValueError) as e:
         raise ConfigError("cannot read the fleet CA", path=str(directory),
                           detail=str(e)) from e
     ca_key, ca_cert = load_ca(raw_key, raw_cert)

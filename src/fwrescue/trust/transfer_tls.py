@@ -21,15 +21,31 @@ from cryptography.hazmat.primitives import serialization
 from fwrescue.errors import ConfigError
 from fwrescue.trust.transfer_identity import cert_names_node, cert_node_ids, check_issued_by
 
-__all__ = ["check_identity", "client_context", "server_context"]
+__all__ = ["MAX_PEM_BYTES", "check_identity", "client_context", "read_pem", "server_context"]
+
+#: A PEM certificate or key is a few KiB; a larger file is refused before it is parsed.
+MAX_PEM_BYTES = 64 * 1024
+
+
+def read_pem(path: Path) -> bytes:
+    """A PEM file's bytes, at most :data:`MAX_PEM_BYTES`: OSError if unreadable,
+    ValueError if larger (refused before anything parses it)."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_PEM_BYTES + 1)
+    if len(raw) > MAX_PEM_BYTES:
+        raise ValueError(f"larger than a PEM file can be ({MAX_PEM_BYTES} bytes)")
+    return raw
 
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        return path.read_bytes()
+        return read_pem(path)
     except OSError as e:
         raise ConfigError(f"tls.{what} is not readable", path=str(path),
                           detail=e.strerror or str(e)) from e
+    except ValueError as e:
+        raise ConfigError(f"tls.{what} is larger than a PEM file can be", path=str(path),
+                          limit=MAX_PEM_BYTES) from e
 
 
 def check_identity(ca: Path, cert: Path, key: Path, node_id: str) -> None:
